@@ -1,0 +1,285 @@
+"""The store on the asyncio side: one dedicated thread, group commit, wake-ups.
+
+All SQLite work runs on one thread (``StoreService.call``), so the event loop
+never blocks on ``fsync``. Sources hand their records to the ``Committer``,
+which gathers everything that arrives within a short window into one
+transaction and only then runs each source's acknowledgement callback.
+
+Full-policy of the committer's pending list: it is bounded by the sources'
+own windows (an MQTT source holds at most its broker's in-flight window of
+unacknowledged messages), and ``submit`` refuses with ``Backpressure`` past
+``max_pending`` units so a misbehaving source cannot grow memory. When the
+store is full, pending units stay pending (unacknowledged) and are retried
+whenever a sink frees space: that is the back-pressure on sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+
+from buffer.store import AppendResult, Record, Row, SinkDeadLetter, Store
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Backpressure(Exception):
+    """The committer holds too many uncommitted units; the source must wait."""
+
+
+class StoreService:
+    """Runs a ``Store`` on its own thread and wakes forwarders on new rows."""
+
+    def __init__(self, factory: Callable[[], Store]) -> None:
+        self._factory = factory
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: Store | None = None
+        self._listeners: list[asyncio.Event] = []
+        self.space_freed = asyncio.Event()
+
+    @property
+    def store(self) -> Store:
+        """The underlying store (only touch it through ``call``)."""
+        if self._store is None:
+            raise RuntimeError("store is not open")
+        return self._store
+
+    async def open(self) -> Store:
+        """Open (check, recover) the store on the store thread."""
+        self._store = await self._run(self._factory)
+        return self._store
+
+    async def close(self) -> None:
+        """Close the store and stop its thread."""
+        if self._store is not None:
+            await self._run(self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` (a bound method of the store) on the store thread."""
+        return await self._run(fn, *args, **kwargs)
+
+    def listen(self) -> asyncio.Event:
+        """An event set whenever new rows were committed."""
+        ev = asyncio.Event()
+        self._listeners.append(ev)
+        return ev
+
+    def notify(self) -> None:
+        """Wake every listener (new rows are in the store)."""
+        for ev in self._listeners:
+            ev.set()
+
+    async def read(
+        self, sink: str, after: int, limit: int, routes: frozenset[str] | None
+    ) -> tuple[list[Row], int]:
+        """``Store.read`` on the store thread."""
+        return await self._run(self.store.read, sink, after, limit, routes)
+
+    async def advance(
+        self, sink: str, to_seq: int, dead_letters: Sequence[SinkDeadLetter] = ()
+    ) -> int:
+        """``Store.advance`` on the store thread; wakes a blocked committer."""
+        deleted = await self._run(self.store.advance, sink, to_seq, dead_letters)
+        if deleted:
+            self.space_freed.set()
+        return deleted
+
+
+@dataclass(slots=True)
+class _Unit:
+    records: Sequence[Record]
+    on_commit: Callable[[], None] | None
+    future: asyncio.Future[None] | None
+
+
+@dataclass(slots=True)
+class CommitStats:
+    """Counters of the committer, for metrics."""
+
+    commits: int = 0
+    units: int = 0
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    evicted_telemetry: int = 0
+    dropped_telemetry: int = 0
+    full_since: float | None = None
+    last_commit_ms: float = 0.0
+
+
+class Committer:
+    """Group commit: gathers units for ``window_s`` (or ``max_units``), commits once."""
+
+    def __init__(
+        self,
+        service: StoreService,
+        *,
+        window_s: float = 0.002,
+        max_units: int = 2000,
+        max_pending: int = 50_000,
+        full_retry_s: float = 0.5,
+    ) -> None:
+        self._service = service
+        self._window_s = window_s
+        self._max_units = max_units
+        self._max_pending = max_pending
+        self._full_retry_s = full_retry_s
+        self._pending: deque[_Unit] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.stats = CommitStats()
+
+    @property
+    def pending(self) -> int:
+        """Units waiting for a commit."""
+        return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        """True while the store refuses business events for lack of space."""
+        return self.stats.full_since is not None
+
+    def submit(self, records: Sequence[Record], on_commit: Callable[[], None] | None) -> None:
+        """Queue one source message's records; ``on_commit`` runs after they commit.
+
+        Never blocks (it is called from protocol callbacks). Raises
+        ``Backpressure`` when ``max_pending`` units are already waiting.
+        """
+        if len(self._pending) >= self._max_pending:
+            raise Backpressure(f"{len(self._pending)} units are waiting for the store")
+        self._pending.append(_Unit(records, on_commit, None))
+        self._empty.clear()
+        self._wake.set()
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Queue records and wait until they are committed (accepted)."""
+        while len(self._pending) >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Unit(records, None, fut))
+        self._empty.clear()
+        self._wake.set()
+        await fut
+
+    async def flushed(self) -> None:
+        """Wait until nothing is pending."""
+        await self._empty.wait()
+
+    async def run(self) -> None:
+        """Commit loop; runs until cancelled, then commits what is pending."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._window_s and len(self._pending) < self._max_units:
+                    await asyncio.sleep(self._window_s)
+                while self._pending:
+                    if not await self._commit_once():
+                        await self._wait_for_space()
+        finally:
+            await self._drain_on_stop()
+
+    async def _drain_on_stop(self) -> None:
+        # Best effort: commit what is pending so sources see their acks.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                while self._pending:
+                    if not await asyncio.shield(self._commit_once()):
+                        break
+        for unit in self._pending:
+            if unit.future is not None and not unit.future.done():
+                unit.future.cancel()
+
+    async def _wait_for_space(self) -> None:
+        self._service.space_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._full_retry_s):
+                await self._service.space_freed.wait()
+
+    async def _commit_once(self) -> bool:
+        """Commit one group; return False when the store had no room for it."""
+        n = min(len(self._pending), self._max_units)
+        group = [self._pending[i] for i in range(n)]
+        t0 = time.perf_counter()
+        result: AppendResult = await self._service.call(
+            self._service.store.append, [u.records for u in group]
+        )
+        self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
+        done = result.units_committed
+        for _ in range(done):
+            self._pending.popleft()
+        if len(self._pending) < self._max_pending:
+            self._room.set()
+        if not self._pending:
+            self._empty.set()
+        self._account(result)
+        for unit in group[:done]:
+            if unit.on_commit is not None:
+                try:
+                    unit.on_commit()
+                except Exception:
+                    log.exception("commit_callback_failed")
+            if unit.future is not None and not unit.future.done():
+                unit.future.set_result(None)
+        if result.inserted or result.dead_letters:
+            self._service.notify()
+        if result.full and done < n:
+            if self.stats.full_since is None:
+                self.stats.full_since = time.time()
+                log.error("store_full", pending_units=len(self._pending),
+                          used_bytes=self._service.store.used_bytes,
+                          max_bytes=self._service.store.max_bytes)
+            return done > 0
+        if self.stats.full_since is not None:
+            log.warning("store_accepting_again",
+                        full_for_s=round(time.time() - self.stats.full_since, 1))
+            self.stats.full_since = None
+        return True
+
+    def _account(self, r: AppendResult) -> None:
+        s = self.stats
+        s.commits += 1
+        s.units += r.units_committed
+        s.events += r.inserted
+        s.duplicates += r.duplicates
+        s.dead_letters += r.dead_letters
+        s.evicted_telemetry += r.evicted_telemetry
+        s.dropped_telemetry += r.dropped_telemetry
+        if r.evicted_telemetry or r.dropped_telemetry:
+            log.warning("telemetry_evicted", evicted=r.evicted_telemetry,
+                        dropped=r.dropped_telemetry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Committer figures for the status API."""
+        s = self.stats
+        return {
+            "pending_units": len(self._pending),
+            "commits": s.commits,
+            "events": s.events,
+            "duplicates": s.duplicates,
+            "ingest_dead_letters": s.dead_letters,
+            "evicted_telemetry": s.evicted_telemetry,
+            "dropped_telemetry": s.dropped_telemetry,
+            "full": self.full,
+            "last_commit_ms": round(s.last_commit_ms, 3),
+        }

@@ -1,0 +1,767 @@
+"""The SQLite store-and-forward buffer.
+
+Invariants (each one is held by ``tests/test_store_model.py`` against a model):
+
+1. An event is *accepted* exactly when the transaction that inserted it has
+   committed. ``append`` returns only after that commit; callers acknowledge
+   their sources only after ``append`` returned.
+2. ``seq`` grows forever (``INTEGER PRIMARY KEY AUTOINCREMENT``): a row
+   inserted later always has a larger ``seq``, even after the table was
+   emptied or the file reopened. A reader that keeps ``seq > cursor`` never
+   misses a row.
+3. Each sink has one cursor: the largest ``seq`` it has finished with. A
+   cursor only moves forward, and it moves in the same transaction that writes
+   the dead letters of the rows it passes.
+4. A row is deleted only when every sink's cursor has passed it (and the
+   retention window, if any, has elapsed), or when it is telemetry and the
+   store is at capacity. Business and exception rows are never evicted: when
+   they do not fit, ``append`` commits the units that fit and reports how many,
+   so the caller can push back on its sources.
+5. An event id is stored at most once among live rows (a unique index):
+   re-appending an event that is still in the store is a no-op counted as a
+   duplicate. Replayed dead letters are the one exception (``only_sink``).
+6. Every eviction or drop of telemetry is counted in ``counters``, which
+   survive reopen.
+7. Opening a file that fails ``PRAGMA quick_check`` (or is not a database)
+   moves it aside under a timestamped name, salvages every readable row into a
+   fresh file, and reports it in ``OpenReport`` — opening never raises for a
+   corrupt file.
+
+This module is synchronous and owns one ``sqlite3`` connection; it must be
+used from one thread at a time. ``buffer.service`` runs it on a dedicated
+thread for the asyncio side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgpack
+import structlog
+
+from gateway.events import Event, Priority
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION: Final = 1
+#: Bytes counted per row on top of its body: row header, the event id in the
+#: unique index and the b-tree slack. Measured on this schema at ~90 bytes.
+ROW_OVERHEAD: Final = 100
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    only_sink TEXT,
+    created REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id)
+    WHERE only_sink IS NULL;
+CREATE INDEX IF NOT EXISTS events_telemetry ON events(seq) WHERE priority = 2;
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('sink', 'ingest')),
+    sink TEXT,
+    device TEXT,
+    event_id TEXT,
+    type TEXT,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    context BLOB,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """Base class of store errors; carries the store path."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] = "") -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDeadLetter:
+    """A source message that could not become a signal, kept whole."""
+
+    device: str
+    reason: str
+    payload: bytes
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkDeadLetter:
+    """An event a sink's upstream permanently rejected."""
+
+    seq: int
+    event_id: str
+    reason: str
+
+
+Record = Event | IngestDeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored event as a forwarder reads it."""
+
+    seq: int
+    event_id: str
+    type: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class AppendResult:
+    """What one ``append`` did."""
+
+    units_committed: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    evicted_telemetry: int = 0
+    dropped_telemetry: int = 0
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    """What happened when the store was opened."""
+
+    corrupt: bool = False
+    moved_to: str | None = None
+    salvaged_events: int = 0
+    salvaged_dead_letters: int = 0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter as operators see it."""
+
+    id: int
+    kind: str
+    sink: str | None
+    device: str | None
+    event_id: str | None
+    type: str | None
+    reason: str
+    body: bytes
+    context: dict[str, Any]
+    created: float
+
+
+def _size(record: Record) -> int:
+    if isinstance(record, Event):
+        return len(record.body) + ROW_OVERHEAD
+    return len(record.payload) + ROW_OVERHEAD
+
+
+class Store:
+    """The SQLite buffer: events, per-sink cursors, dead letters, counters."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 2 * 1024**3,
+        synchronous: Synchronous = "FULL",
+        retention_s: float = 0.0,
+        clock: Any = time.time,
+        recover: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.synchronous: Synchronous = synchronous
+        self.retention_s = retention_s
+        self._clock = clock
+        self.open_report = OpenReport()
+        self._recover_enabled = recover
+        self._conn = self._open()
+        self.used_bytes = self._measure_used()
+
+    # -- opening, corruption and salvage ------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = self._check_file() if self._recover_enabled else None
+        if problem is not None:
+            return self._recover(problem)
+        conn = self._connect()
+        self._init_schema(conn)
+        return conn
+
+    def _check_file(self) -> str | None:
+        """Return why the existing file is unusable, or None when it is fine."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as err:
+            return f"{type(err).__name__}: {err}"
+        if rows != [("ok",)]:
+            return "quick_check: " + "; ".join(str(r[0]) for r in rows[:5])
+        return None
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: store schema version {version} is newer than this gateway "
+                f"understands ({SCHEMA_VERSION}); refusing to touch it",
+                path=self.path,
+            )
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _recover(self, reason: str) -> sqlite3.Connection:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while moved.exists():
+            n += 1
+            moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(moved) + suffix))
+        log.error("store_corrupt_moved_aside", path=str(self.path), moved_to=str(moved),
+                  reason=reason)
+        conn = self._connect()
+        self._init_schema(conn)
+        events, dead = _salvage(moved, conn)
+        self.open_report = OpenReport(
+            corrupt=True,
+            moved_to=str(moved),
+            salvaged_events=events,
+            salvaged_dead_letters=dead,
+            reason=reason,
+        )
+        self._bump(conn, {"store_corruptions": 1, "salvaged_events": events})
+        log.error("store_salvaged", path=str(self.path), moved_to=str(moved),
+                  salvaged_events=events, salvaged_dead_letters=dead)
+        return conn
+
+    def _measure_used(self) -> int:
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events", (ROW_OVERHEAD,)
+        ).fetchone()
+        dl = self._conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM dead_letters",
+            (ROW_OVERHEAD,),
+        ).fetchone()
+        return int(row[0]) + int(dl[0])
+
+    def close(self) -> None:
+        """Close the connection. Everything committed is on disk already."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # SQLITE_FULL/IOERR may have rolled back already
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, deltas: dict[str, int]) -> None:
+        conn.executemany(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(k, v) for k, v in deltas.items() if v],
+        )
+
+    # -- append ---------------------------------------------------------------------
+
+    def append(self, units: Sequence[Sequence[Record]]) -> AppendResult:
+        """Commit ``units`` (each the records of one source message) in one transaction.
+
+        Commits the longest prefix of units that fits the capacity after
+        evicting telemetry; ``units_committed`` says how many. Telemetry that
+        does not fit is dropped and counted instead of blocking.
+        """
+        result = AppendResult()
+        if not units:
+            return result
+        now = self._clock()
+        try:
+            with self._txn() as conn:
+                top_before = self._top(conn)
+                used = self.used_bytes
+                freed_total = 0
+                events: list[tuple[str, str, int, str, float, bytes]] = []
+                dead: list[tuple[str, str, str, bytes, bytes, float]] = []
+                for unit in units:
+                    need = sum(_size(r) for r in unit)
+                    if used + need > self.max_bytes:
+                        freed, n, stored = self._evict(conn, used + need - self.max_bytes, events)
+                        used -= freed
+                        freed_total += stored  # pending rows were never in used_bytes
+                        result.evicted_telemetry += n
+                    if used + need > self.max_bytes:
+                        kept = [r for r in unit if not _is_telemetry(r)]
+                        dropped = len(unit) - len(kept)
+                        need = sum(_size(r) for r in kept)
+                        if used + need > self.max_bytes:
+                            result.full = True
+                            break
+                        result.dropped_telemetry += dropped
+                        unit = kept
+                    for r in unit:
+                        if isinstance(r, Event):
+                            events.append(
+                                (r.event_id, r.type, int(r.priority), r.device, now, r.body)
+                            )
+                        else:
+                            dead.append(
+                                (r.device, r.reason, "ingest", r.payload,
+                                 msgpack.packb(r.context, default=str), now)
+                            )
+                    used += need
+                    result.units_committed += 1
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT OR IGNORE INTO events(event_id, type, priority, device, created, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    events,
+                )
+                result.inserted = conn.total_changes - before
+                result.duplicates = len(events) - result.inserted
+                if dead:
+                    conn.executemany(
+                        "INSERT INTO dead_letters(device, reason, kind, body, context, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        dead,
+                    )
+                result.dead_letters = len(dead)
+                self._bump(conn, {
+                    "evicted_telemetry": result.evicted_telemetry,
+                    "dropped_telemetry": result.dropped_telemetry,
+                    "ingest_dead_letters": len(dead),
+                    "duplicate_events": result.duplicates,
+                })
+                # Measure what really went in: ignored duplicates took no space.
+                added = conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events"
+                    " WHERE seq > ?",
+                    (ROW_OVERHEAD, top_before),
+                ).fetchone()[0]
+                added += sum(len(d[3]) + ROW_OVERHEAD for d in dead)
+        except sqlite3.OperationalError as err:
+            if _is_disk_full(err):
+                log.error("store_disk_full", path=str(self.path), error=str(err))
+                return AppendResult(full=True)
+            raise
+        self.used_bytes = self.used_bytes - freed_total + int(added)
+        return result
+
+    @staticmethod
+    def _top(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _evict(
+        self,
+        conn: sqlite3.Connection,
+        need: int,
+        pending: list[tuple[str, str, int, str, float, bytes]],
+    ) -> tuple[int, int, int]:
+        """Free at least ``need`` bytes.
+
+        Returns (bytes freed, telemetry rows lost, bytes of those freed that were
+        stored rows rather than ``pending`` ones).
+
+        Rows every sink already has are freed first (they are only kept for the
+        replay window), then undelivered telemetry oldest-first.
+        """
+        freed = 0
+        floor = self._min_cursor(conn)
+        if floor is not None:
+            got = conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events WHERE seq <= ?",
+                (ROW_OVERHEAD, floor),
+            ).fetchone()[0]
+            if got:
+                conn.execute("DELETE FROM events WHERE seq <= ?", (floor,))
+                freed += int(got)
+        lost = 0
+        while freed < need:
+            rows = conn.execute(
+                "SELECT seq, LENGTH(body) FROM events WHERE priority = 2 ORDER BY seq LIMIT 256"
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[0][0]
+            for seq, size in rows:
+                freed += int(size) + ROW_OVERHEAD
+                lost += 1
+                last = seq
+                if freed >= need:
+                    break
+            conn.execute("DELETE FROM events WHERE priority = 2 AND seq <= ?", (last,))
+        stored = freed
+        # Telemetry queued in this same transaction but not inserted yet may go too.
+        while freed < need:
+            idx = next((i for i, e in enumerate(pending) if e[2] == Priority.TELEMETRY), None)
+            if idx is None:
+                break
+            freed += len(pending[idx][5]) + ROW_OVERHEAD
+            lost += 1
+            del pending[idx]
+        return freed, lost, stored
+
+    # -- reading and cursors ----------------------------------------------------------
+
+    @staticmethod
+    def _min_cursor(conn: sqlite3.Connection) -> int | None:
+        row = conn.execute("SELECT MIN(seq) FROM cursors").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def register_sinks(self, sinks: Iterable[str]) -> dict[str, int]:
+        """Make sure each sink has a cursor and drop cursors of sinks that are gone.
+
+        A new sink starts at the oldest stored row, so it receives the whole
+        backlog. Returns the cursors.
+        """
+        wanted = set(sinks)
+        now = self._clock()
+        with self._txn() as conn:
+            have = dict(conn.execute("SELECT sink, seq FROM cursors").fetchall())
+            for gone in set(have) - wanted:
+                log.warning("store_cursor_dropped", sink=gone, seq=have[gone])
+                conn.execute("DELETE FROM cursors WHERE sink = ?", (gone,))
+            start = conn.execute("SELECT COALESCE(MIN(seq), 1) - 1 FROM events").fetchone()[0]
+            for new in wanted - set(have):
+                conn.execute(
+                    "INSERT INTO cursors(sink, seq, updated) VALUES (?, ?, ?)", (new, start, now)
+                )
+        return self.cursors()
+
+    def cursors(self) -> dict[str, int]:
+        """Every sink's cursor."""
+        return dict(self._conn.execute("SELECT sink, seq FROM cursors").fetchall())
+
+    def read(
+        self,
+        sink: str,
+        after: int,
+        limit: int,
+        routes: frozenset[str] | None = None,
+    ) -> tuple[list[Row], int]:
+        """Rows for ``sink`` with ``seq > after`` in order, and how far was scanned.
+
+        The second value is the ``seq`` the cursor may move to once the rows
+        are delivered: it covers rows skipped by the route filter too, so a
+        sink that routes nothing still lets retention proceed.
+        """
+        sql = "SELECT seq, event_id, type, body FROM events WHERE seq > ?"
+        args: list[Any] = [after]
+        if routes is not None:
+            sql += f" AND type IN ({','.join('?' * len(routes))})"
+            args.extend(sorted(routes))
+        sql += " AND (only_sink IS NULL OR only_sink = ?) ORDER BY seq LIMIT ?"
+        args.extend([sink, limit])
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            rows = [Row(*r) for r in conn.execute(sql, args)]
+            if len(rows) < limit:
+                top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+                scanned = max(after, int(top or 0))
+            else:
+                scanned = rows[-1].seq
+        finally:
+            conn.execute("COMMIT")
+        return rows, scanned
+
+    def advance(
+        self,
+        sink: str,
+        to_seq: int,
+        dead_letters: Sequence[SinkDeadLetter] = (),
+    ) -> int:
+        """Move ``sink``'s cursor to ``to_seq`` and write its dead letters, in one txn.
+
+        Then deletes rows every cursor has passed (after the retention window).
+        Returns the number of rows deleted.
+        """
+        now = self._clock()
+        with self._txn() as conn:
+            cur = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+            if cur is None:
+                raise StoreError(f"no cursor for sink {sink!r}", path=self.path)
+            if to_seq < cur[0]:
+                raise StoreError(
+                    f"cursor of sink {sink!r} may not move back ({cur[0]} -> {to_seq})",
+                    path=self.path,
+                )
+            dl_bytes = 0
+            for dl in dead_letters:
+                conn.execute(
+                    "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
+                    " created) SELECT 'sink', ?, device, event_id, type, ?, body, ? FROM events"
+                    " WHERE seq = ?",
+                    (sink, dl.reason, now, dl.seq),
+                )
+                row = conn.execute(
+                    "SELECT LENGTH(body) FROM events WHERE seq = ?", (dl.seq,)
+                ).fetchone()
+                dl_bytes += 0 if row is None else int(row[0]) + ROW_OVERHEAD
+            if dead_letters:
+                self._bump(conn, {"sink_dead_letters": len(dead_letters)})
+            conn.execute(
+                "UPDATE cursors SET seq = ?, updated = ? WHERE sink = ?", (to_seq, now, sink)
+            )
+            deleted = self._prune(conn, now)
+        self.used_bytes += dl_bytes
+        return deleted
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> int:
+        floor = self._min_cursor(conn)
+        if floor is None:
+            return 0
+        where = "seq <= ?"
+        args: list[Any] = [floor]
+        if self.retention_s > 0:
+            where += " AND created < ?"
+            args.append(now - self.retention_s)
+        size, n = conn.execute(
+            f"SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM events WHERE {where}", args
+        ).fetchone()
+        if n:
+            conn.execute(f"DELETE FROM events WHERE {where}", args)
+            self.used_bytes -= int(size) + int(n) * ROW_OVERHEAD
+        return int(n)
+
+    def prune(self) -> int:
+        """Delete rows every cursor passed whose retention window elapsed."""
+        with self._txn() as conn:
+            return self._prune(conn, self._clock())
+
+    # -- dead letters -----------------------------------------------------------------
+
+    def dead_letters(
+        self, *, sink: str | None = None, kind: str | None = None, limit: int = 100,
+        after_id: int = 0,
+    ) -> list[DeadLetter]:
+        """List dead letters, oldest first."""
+        sql = ("SELECT id, kind, sink, device, event_id, type, reason, body, context, created"
+               " FROM dead_letters WHERE id > ?")
+        args: list[Any] = [after_id]
+        if sink is not None:
+            sql += " AND sink = ?"
+            args.append(sink)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        out = []
+        for r in self._conn.execute(sql, args):
+            ctx = msgpack.unpackb(r[8]) if r[8] else {}
+            out.append(DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], ctx, r[9]))
+        return out
+
+    def replay(self, ids: Sequence[int]) -> int:
+        """Re-queue sink dead letters for the sink that rejected them.
+
+        The event is appended again with a new ``seq`` and ``only_sink`` set, so
+        other sinks do not receive it twice. Ingest dead letters cannot be
+        replayed (they never became events) and are refused with an error.
+        """
+        now = self._clock()
+        with self._txn() as conn:
+            rows = conn.execute(
+                f"SELECT id, kind, sink, device, event_id, type, body FROM dead_letters"
+                f" WHERE id IN ({','.join('?' * len(ids))})",
+                list(ids),
+            ).fetchall()
+            found = {r[0] for r in rows}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise StoreError(f"no dead letter with id {missing}", path=self.path)
+            ingest = [r[0] for r in rows if r[1] != "sink"]
+            if ingest:
+                raise StoreError(
+                    f"dead letters {ingest} are ingest dead letters (raw source messages that "
+                    "never became events); they cannot be replayed, only exported or discarded",
+                    path=self.path,
+                )
+            for _id, _kind, sink, device, event_id, type_, body in rows:
+                conn.execute(
+                    "INSERT INTO events(event_id, type, priority, device, only_sink, created,"
+                    " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (event_id, type_, int(Priority.BUSINESS), device, sink, now, body),
+                )
+            conn.execute(
+                f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+            )
+            self._bump(conn, {"replayed_dead_letters": len(rows)})
+        return len(rows)
+
+    def discard(self, ids: Sequence[int]) -> int:
+        """Delete dead letters for good."""
+        with self._txn() as conn:
+            cur = conn.execute(
+                f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+            )
+            self._bump(conn, {"discarded_dead_letters": cur.rowcount})
+        self.used_bytes = self._measure_used()
+        return cur.rowcount
+
+    # -- stats ------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Counters that survive restarts (evictions, duplicates, dead letters...)."""
+        return dict(self._conn.execute("SELECT name, value FROM counters").fetchall())
+
+    def stats(self) -> dict[str, Any]:
+        """A cheap snapshot for the status page and metrics."""
+        conn = self._conn
+        lo, n = conn.execute("SELECT MIN(seq), COUNT(*) FROM events").fetchone()
+        top = self._top(conn)
+        dl = dict(conn.execute("SELECT kind, COUNT(*) FROM dead_letters GROUP BY kind").fetchall())
+        cursors = self.cursors()
+        return {
+            "path": str(self.path),
+            "events": int(n),
+            "first_seq": lo,
+            "last_seq": top,
+            "used_bytes": self.used_bytes,
+            "max_bytes": self.max_bytes,
+            "full": self.used_bytes >= self.max_bytes,
+            "cursors": cursors,
+            "backlog": {s: max(0, top - c) for s, c in cursors.items()},
+            "dead_letters": {"sink": dl.get("sink", 0), "ingest": dl.get("ingest", 0)},
+            "counters": self.counters(),
+            "file_bytes": _file_bytes(self.path),
+            "open_report": {
+                "corrupt": self.open_report.corrupt,
+                "moved_to": self.open_report.moved_to,
+                "salvaged_events": self.open_report.salvaged_events,
+                "reason": self.open_report.reason,
+            },
+        }
+
+
+def _is_telemetry(r: Record) -> bool:
+    return isinstance(r, Event) and r.priority == Priority.TELEMETRY
+
+
+def _is_disk_full(err: sqlite3.Error) -> bool:
+    return getattr(err, "sqlite_errorcode", None) == 13 or "full" in str(err).lower()
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(str(path) + suffix).st_size
+    return total
+
+
+def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
+    """Copy every readable row of a damaged store into ``dest``; return counts.
+
+    Reads in seq order in small chunks; when a chunk fails, steps over the
+    damaged range one row at a time, then with growing strides, so a single
+    bad page costs a few rows rather than the rest of the table.
+    """
+    try:
+        src = sqlite3.connect(f"file:{moved}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return 0, 0
+    events = dead = 0
+    try:
+        try:
+            top = src.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+        except sqlite3.Error:
+            top = 1 << 40
+        after, stride = 0, 1
+        misses = 0
+        while after < top and misses < 64:
+            try:
+                rows = src.execute(
+                    "SELECT seq, event_id, type, priority, device, only_sink, created, body"
+                    " FROM events WHERE seq > ? ORDER BY seq LIMIT 500",
+                    (after,),
+                ).fetchall()
+            except sqlite3.Error:
+                after += stride
+                stride = min(stride * 2, 4096)
+                misses += 1
+                continue
+            misses, stride = 0, 1
+            if not rows:
+                break
+            before = dest.total_changes
+            dest.executemany(
+                "INSERT OR IGNORE INTO events(seq, event_id, type, priority, device, only_sink,"
+                " created, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            events += dest.total_changes - before
+            after = rows[-1][0]
+        with contextlib.suppress(sqlite3.Error):
+            cursors = src.execute("SELECT sink, seq, updated FROM cursors").fetchall()
+            dest.executemany("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", cursors)
+        with contextlib.suppress(sqlite3.Error):
+            rows = src.execute(
+                "SELECT kind, sink, device, event_id, type, reason, body, context, created"
+                " FROM dead_letters ORDER BY id"
+            ).fetchall()
+            dest.executemany(
+                "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
+                " context, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            dead = len(rows)
+        with contextlib.suppress(sqlite3.Error):
+            counters = src.execute("SELECT name, value FROM counters").fetchall()
+            dest.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", counters)
+    finally:
+        src.close()
+    return events, dead

@@ -1,0 +1,237 @@
+"""MQTT driver: subscribes to device topics and feeds their messages to recognizers.
+
+One connection per broker, with a persistent session (``clean_start=False``
+and a session expiry), QoS 1 and manual acknowledgement: a message is
+acknowledged only after the records it produced are committed by the store.
+While the store is full, messages stay unacknowledged and the broker's
+in-flight window (MQTT 5 Receive Maximum) stops further deliveries — the
+broker holds the backlog in the session.
+
+A payload that cannot become a signal (too large, not JSON, missing or
+mistyped fields) never raises: it becomes an ingest dead letter, kept whole
+with its reason, counted, logged once per device and kind of error, and is
+then acknowledged like any other message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+import structlog
+
+from buffer.service import Backpressure, Committer
+from buffer.store import IngestDeadLetter, Record
+from gateway.config import BrokerConfig, MqttDevice, ScannerFields
+from gateway.events import Signal, parse_time
+from gateway.mqtt_link import MqttLink
+from gateway.recognizers.scanner import ScannerRecognizer
+
+log = structlog.get_logger(__name__)
+
+
+class IngestError(Exception):
+    """A source message that cannot become a signal; ``kind`` is a stable name."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def _get(doc: dict[str, Any], path: str) -> Any:
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+_MISSING = object()
+
+
+def decode_scanner_read(
+    payload: bytes | bytearray, fields: ScannerFields, device: str, receive_time: float,
+    max_bytes: int,
+) -> Signal:
+    """Decode one scanner message into a ``read`` signal, or raise ``IngestError``."""
+    if len(payload) > max_bytes:
+        raise IngestError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IngestError("not_json", str(err)) from None
+    if not isinstance(doc, dict):
+        raise IngestError("not_object", f"expected a JSON object, got {type(doc).__name__}")
+    code = _get(doc, fields.code)
+    if code is _MISSING:
+        raise IngestError("missing_field", f"no {fields.code!r} field")
+    if not isinstance(code, str | int) or isinstance(code, bool):
+        raise IngestError("bad_field", f"{fields.code!r} must be a string, got {code!r}")
+    read_id: str | None = None
+    if fields.read_id is not None:
+        raw_id = _get(doc, fields.read_id)
+        if raw_id is not _MISSING and raw_id is not None:
+            if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+                raise IngestError(
+                    "bad_field", f"{fields.read_id!r} must be a string or integer, got {raw_id!r}"
+                )
+            read_id = str(raw_id)
+    source_time: float | None = None
+    if fields.timestamp is not None:
+        raw_ts = _get(doc, fields.timestamp)
+        if raw_ts is not _MISSING and raw_ts is not None:
+            try:
+                source_time = parse_time(raw_ts)
+            except ValueError as err:
+                raise IngestError("bad_timestamp", f"{fields.timestamp!r}: {err}") from None
+    symbology = None
+    if fields.symbology is not None:
+        sym = _get(doc, fields.symbology)
+        symbology = sym if isinstance(sym, str) else None
+    attrs: dict[str, Any] = {"symbology": symbology}
+    if read_id is None:
+        attrs["digest"] = hashlib.sha1(payload, usedforsecurity=False).hexdigest()
+    return Signal(device=device, point="read", value=str(code), receive_time=receive_time,
+                  source_time=source_time, source_seq=read_id, attrs=attrs)
+
+
+@dataclass(slots=True)
+class _Route:
+    device: MqttDevice
+    recognizer: ScannerRecognizer
+
+
+class MqttDriver:
+    """All MQTT devices on one broker."""
+
+    def __init__(
+        self,
+        site: str,
+        broker: BrokerConfig,
+        devices: Sequence[MqttDevice],
+        committer: Committer,
+        *,
+        client_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site = site
+        self.broker = broker
+        self._committer = committer
+        self._clock = clock
+        self._exact: dict[str, _Route] = {}
+        self._wild: list[tuple[str, _Route]] = []
+        for dev in devices:
+            route = _Route(dev, ScannerRecognizer(
+                site=site, device=dev.id, debounce_s=dev.debounce,
+                no_read_codes=frozenset(dev.no_read_codes), location=dev.location,
+            ))
+            if "+" in dev.topic or "#" in dev.topic:
+                self._wild.append((dev.topic, route))
+            else:
+                self._exact[dev.topic] = route
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.messages: Counter[str] = Counter()
+        self.last_seen: dict[str, float] = {}
+        self.unrouted = 0
+        self._paused = False
+        self.link = MqttLink(
+            broker,
+            client_id or broker.client_id or f"wh-gw-{site}-{broker.id}",
+            persistent=True,
+            manual_ack=True,
+            on_message=self._on_message,
+            subscriptions=[(d.topic, 1) for d in devices],
+        )
+
+    def _route(self, topic: str) -> _Route | None:
+        route = self._exact.get(topic)
+        if route is None:
+            for pattern, candidate in self._wild:
+                if paho.topic_matches_sub(pattern, topic):
+                    return candidate
+        return route
+
+    def pause(self) -> None:
+        """Stop taking messages: new ones stay unacknowledged with the broker."""
+        self._paused = True
+
+    def _on_message(self, msg: paho.MQTTMessage, generation: int) -> None:
+        if self._paused:
+            return
+        now = self._clock()
+        route = self._route(msg.topic)
+        mid = msg.mid
+        link = self.link
+
+        def ack() -> None:
+            link.ack(mid, generation)
+
+        if route is None:
+            # A subscription that overlaps no device (e.g. an old session's): ack, count.
+            self.unrouted += 1
+            ack()
+            return
+        dev = route.device
+        self.messages[dev.id] += 1
+        self.last_seen[dev.id] = now
+        records: list[Record]
+        try:
+            sig = decode_scanner_read(msg.payload, dev.fields, dev.id, now, dev.max_payload_bytes)
+            records = list(route.recognizer.feed(sig))
+        except IngestError as err:
+            records = [self._dead_letter(dev.id, err, msg)]
+        except Exception as err:  # a recognizer bug must not stop ingest
+            log.exception("recognizer_failed", device=dev.id)
+            records = [self._dead_letter(dev.id, IngestError("recognizer_error", repr(err)), msg)]
+        try:
+            self._committer.submit(records, ack)
+        except Backpressure:
+            # Not acknowledged: the broker redelivers it on the next connection.
+            log.warning("ingest_backpressure", device=dev.id)
+
+    def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
+        key = (device, err.kind)
+        if key not in self.errors:
+            log.warning("ingest_rejected", device=device, kind=err.kind, detail=err.detail,
+                        topic=msg.topic)
+        self.errors[key] += 1
+        payload = msg.payload
+        return IngestDeadLetter(
+            device=device,
+            reason=f"{err.kind}: {err.detail}",
+            payload=bytes(payload),
+            context={"topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
+                     "broker": self.broker.id},
+        )
+
+    async def run(self) -> None:
+        """Run the broker connection until cancelled."""
+        await self.link.run()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per-device figures for the status API."""
+        now = self._clock()
+        devices = {}
+        for route in [*self._exact.values(), *(r for _, r in self._wild)]:
+            dev_id = route.device.id
+            seen = self.last_seen.get(dev_id)
+            devices[dev_id] = {
+                "driver": "mqtt",
+                "role": route.device.role,
+                "broker": self.broker.id,
+                "topic": route.device.topic,
+                "connected": self.link.connected.is_set(),
+                "messages": self.messages[dev_id],
+                "debounced": route.recognizer.debounced,
+                "ingest_errors": {k: n for (d, k), n in self.errors.items() if d == dev_id},
+                "last_seen_s_ago": None if seen is None else round(now - seen, 1),
+            }
+        return devices

@@ -1,0 +1,218 @@
+"""The gateway process: builds every component from the config and runs them.
+
+One ``asyncio.TaskGroup`` owns the process; every long-lived task is named.
+Shutdown (SIGTERM/SIGINT or ``stop``) is ordered and bounded:
+
+1. drivers stop taking new messages (they stay with the broker, unacknowledged);
+2. the committer commits what it holds, and those sources are acknowledged;
+3. drivers disconnect; forwarders, sinks and the status server are cancelled
+   (a batch in flight is resent after restart — upstream deduplicates);
+4. the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from buffer.service import Committer, StoreService
+from buffer.store import Store
+from drivers.mqtt import MqttDriver
+from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
+from gateway.forwarder import Forwarder
+from gateway.sinks import HttpSink, MqttSink, Sink
+
+log = structlog.get_logger(__name__)
+
+STATS_REFRESH_S = 2.0
+
+
+class Gateway:
+    """All components of one gateway process."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self.service = StoreService(self._open_store)
+        self.committer = Committer(
+            self.service,
+            window_s=cfg.store.group_commit,
+            max_units=cfg.store.group_commit_max,
+        )
+        brokers = {b.id: b for b in cfg.brokers}
+        self.sinks: list[Sink] = []
+        for sc in cfg.sinks:
+            if isinstance(sc, HttpSinkConfig):
+                self.sinks.append(HttpSink(sc))
+            elif isinstance(sc, MqttSinkConfig):
+                self.sinks.append(MqttSink(sc, brokers[sc.broker], cfg.site.id))
+        self.drivers: list[MqttDriver] = []
+        for broker in cfg.brokers:
+            devices = [d for d in cfg.devices if d.broker == broker.id]
+            if devices:
+                self.drivers.append(MqttDriver(cfg.site.id, broker, devices, self.committer))
+        self.forwarders: list[Forwarder] = []
+        self.store_stats: dict[str, Any] = {}
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self._stop = asyncio.Event()
+
+    def _open_store(self) -> Store:
+        s = self.cfg.store
+        return Store(s.path, max_bytes=s.max_bytes, synchronous=s.synchronous,
+                     retention_s=s.retention)
+
+    def stop(self) -> None:
+        """Ask the gateway to shut down (idempotent, callable from signal handlers)."""
+        self._stop.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Run until ``stop`` (or SIGTERM/SIGINT); then shut down in order."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        store = await self.service.open()
+        report = store.open_report
+        if report.corrupt:
+            log.error("store_recovered_from_corruption", moved_to=report.moved_to,
+                      salvaged_events=report.salvaged_events, reason=report.reason)
+        cursors = await self.service.call(store.register_sinks, [s.id for s in self.sinks])
+        self.forwarders = [Forwarder(s, self.service, cursors[s.id]) for s in self.sinks]
+        log.info("gateway_starting", site=self.cfg.site.id, store=str(self.cfg.store.path),
+                 devices=len(self.cfg.devices), sinks=len(self.sinks), pid=os.getpid())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                commit_task = tg.create_task(self.committer.run(), name="committer")
+                driver_tasks = [
+                    tg.create_task(d.run(), name=f"driver-{d.broker.id}") for d in self.drivers
+                ]
+                others = [tg.create_task(s.run(), name=f"sink-{s.id}") for s in self.sinks]
+                others += [
+                    tg.create_task(f.run(), name=f"forwarder-{f.sink.id}")
+                    for f in self.forwarders
+                ]
+                others.append(tg.create_task(self._refresh_stats(), name="stats"))
+                if self.cfg.status.enabled:
+                    from gateway.status import serve_status
+
+                    others.append(tg.create_task(serve_status(self), name="status"))
+                others.append(tg.create_task(self._readiness(), name="readiness"))
+                await self._stop.wait()
+                await self._shutdown(driver_tasks, commit_task, others)
+        finally:
+            for s in self.sinks:
+                with contextlib.suppress(Exception):
+                    await s.close()
+            await self.service.close()
+            log.info("gateway_stopped", uptime_s=round(time.time() - self.started_at, 1))
+
+    async def _shutdown(
+        self,
+        drivers: list[asyncio.Task[None]],
+        committer: asyncio.Task[None],
+        others: list[asyncio.Task[Any]],
+    ) -> None:
+        self.stopping = True
+        self.ready.clear()
+        budget = self.cfg.shutdown_timeout
+        deadline = time.monotonic() + budget
+        log.info("gateway_stopping", pending_units=self.committer.pending)
+        for d in self.drivers:
+            d.pause()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, budget / 2)):
+                await self.committer.flushed()
+        await asyncio.sleep(0.05)  # let the last PUBACKs reach the socket
+        for task in drivers:
+            task.cancel()
+        await _wait(drivers, deadline)
+        committer.cancel()
+        await _wait([committer], deadline)
+        for task in others:
+            task.cancel()
+        await _wait(others, deadline)
+
+    async def _readiness(self) -> None:
+        while True:
+            ok = all(d.link.connected.is_set() for d in self.drivers)
+            if ok and not self.stopping:
+                self.ready.set()
+            else:
+                self.ready.clear()
+            await asyncio.sleep(0.2)
+
+    async def _refresh_stats(self) -> None:
+        while True:
+            self.store_stats = await self.service.call(self.service.store.stats)
+            await asyncio.sleep(STATS_REFRESH_S)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the status page and metrics show."""
+        devices: dict[str, Any] = {}
+        for d in self.drivers:
+            devices.update(d.snapshot())
+        store = self.store_stats
+        sinks = {}
+        for f in self.forwarders:
+            snap = f.sink.snapshot()
+            snap.update(f.snapshot())
+            snap["backlog_events"] = store.get("backlog", {}).get(f.sink.id)
+            sinks[f.sink.id] = snap
+        alerts = [f"sink {sid}: {s['alert']}" for sid, s in sinks.items() if s.get("alert")]
+        if self.committer.full:
+            alerts.append("store full: sources are being held back")
+        report = store.get("open_report", {})
+        if report.get("corrupt"):
+            alerts.append(
+                f"store file was corrupt and moved to {report.get('moved_to')}; "
+                f"{report.get('salvaged_events')} events salvaged"
+            )
+        return {
+            "site": self.cfg.site.id,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "ready": self.ready.is_set(),
+            "alerts": alerts,
+            "devices": devices,
+            "sinks": sinks,
+            "store": store,
+            "committer": self.committer.snapshot(),
+            "rss_bytes": _rss_bytes(),
+        }
+
+
+async def _wait(tasks: list[asyncio.Task[Any]], deadline: float) -> None:
+    if not tasks:
+        return
+    remaining = max(0.1, deadline - time.monotonic())
+    _, pending = await asyncio.wait(tasks, timeout=remaining)
+    for t in pending:
+        log.warning("task_did_not_stop", task=t.get_name())
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_gateway(cfg: GatewayConfig) -> None:
+    """Run the gateway on uvloop when available."""
+    async def _main() -> None:
+        await Gateway(cfg).run()
+
+    try:
+        import uvloop
+
+        uvloop.run(_main())
+    except ImportError:
+        asyncio.run(_main())

@@ -1,0 +1,94 @@
+"""Per-sink forwarder: read after the cursor, deliver, advance — forever.
+
+Reads one batch ahead while the current one is being delivered, so the
+store's read and the upstream round trip overlap. The cursor moves (and dead
+letters are written) in one store transaction after ``deliver`` returns;
+a crash before that resends the batch, which upstream deduplicates by
+``event_id`` and by the batch's Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from buffer.service import StoreService
+from buffer.store import Row
+from gateway.sinks.base import Sink
+
+log = structlog.get_logger(__name__)
+
+#: How long an idle forwarder waits before looking again even without a
+#: wake-up (rows replayed by an operator command from another process).
+IDLE_POLL_S = 1.0
+
+
+class Forwarder:
+    """Moves one sink's cursor forward through the store."""
+
+    def __init__(self, sink: Sink, service: StoreService, cursor: int) -> None:
+        self.sink = sink
+        self._service = service
+        self.cursor = cursor
+        self.events_delivered = 0
+        self.dead_letters = 0
+        self.batches = 0
+        self.last_batch_at: float | None = None
+        self.lag_s: float | None = None
+
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        sink, service = self.sink, self._service
+        wake = service.listen()
+        prefetch: asyncio.Task[tuple[list[Row], int]] | None = None
+        try:
+            while True:
+                fresh = prefetch is None
+                if prefetch is not None:
+                    rows, scanned = await prefetch
+                    prefetch = None
+                else:
+                    wake.clear()
+                    rows, scanned = await service.read(
+                        sink.id, self.cursor, sink.batch_max, sink.routes
+                    )
+                if not rows:
+                    if scanned > self.cursor:
+                        # Everything scanned was routed elsewhere: just move past it.
+                        await service.advance(sink.id, scanned)
+                        self.cursor = scanned
+                    elif fresh:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(IDLE_POLL_S):
+                                await wake.wait()
+                    continue
+                prefetch = asyncio.create_task(
+                    service.read(sink.id, scanned, sink.batch_max, sink.routes),
+                    name=f"prefetch-{sink.id}",
+                )
+                dead = await sink.deliver(rows)
+                await service.advance(sink.id, scanned, dead)
+                self.cursor = scanned
+                self.batches += 1
+                self.events_delivered += len(rows) - len(dead)
+                self.dead_letters += len(dead)
+                self.last_batch_at = time.time()
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
+
+    def snapshot(self) -> dict[str, Any]:
+        """Cursor and counters for the status API."""
+        return {
+            "cursor": self.cursor,
+            "events_delivered": self.events_delivered,
+            "dead_letters": self.dead_letters,
+            "batches": self.batches,
+            "last_batch_at": self.last_batch_at,
+        }
