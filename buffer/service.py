@@ -135,12 +135,17 @@ class Committer:
         max_units: int = 2000,
         max_pending: int = 50_000,
         full_retry_s: float = 0.5,
+        high_water: int | None = None,
     ) -> None:
         self._service = service
         self._window_s = window_s
         self._max_units = max_units
         self._max_pending = max_pending
         self._full_retry_s = full_retry_s
+        #: Above ``high_water`` pending units, sources should stop reading (see
+        #: ``saturated``); ``on_drained`` callbacks run when it falls to half.
+        self.high_water = high_water or 2 * max_units
+        self._drained_callbacks: list[Callable[[], None]] = []
         self._pending: deque[_Unit] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -157,6 +162,15 @@ class Committer:
     def full(self) -> bool:
         """True while the store refuses business events for lack of space."""
         return self.stats.full_since is not None
+
+    @property
+    def saturated(self) -> bool:
+        """True when sources should stop reading until ``on_drained`` fires."""
+        return len(self._pending) >= self.high_water
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` whenever pending units fall to half the high-water mark."""
+        self._drained_callbacks.append(callback)
 
     def submit(self, records: Sequence[Record], on_commit: Callable[[], None] | None) -> None:
         """Queue one source message's records; ``on_commit`` runs after they commit.
@@ -232,6 +246,9 @@ class Committer:
             self._room.set()
         if not self._pending:
             self._empty.set()
+        if len(self._pending) <= self.high_water // 2:
+            for callback in self._drained_callbacks:
+                callback()
         self._account(result)
         for unit in group[:done]:
             if unit.on_commit is not None:

@@ -334,40 +334,54 @@ class Store:
                 freed_total = 0
                 events: list[tuple[str, str, int, str, float, bytes]] = []
                 dead: list[tuple[str, str, str, bytes, bytes, float]] = []
-                for unit in units:
-                    need = sum(_size(r) for r in unit)
-                    if used + need > self.max_bytes:
-                        freed, n, stored = self._evict(conn, used + need - self.max_bytes, events)
-                        used -= freed
-                        freed_total += stored  # pending rows were never in used_bytes
-                        result.evicted_telemetry += n
-                    if used + need > self.max_bytes:
-                        kept = [r for r in unit if not _is_telemetry(r)]
-                        dropped = len(unit) - len(kept)
-                        need = sum(_size(r) for r in kept)
+                total = sum(_size(r) for unit in units for r in unit)
+                if used + total <= self.max_bytes:
+                    # Fast path, the common case: everything fits.
+                    for unit in units:
+                        for r in unit:
+                            if isinstance(r, Event):
+                                events.append(
+                                    (r.event_id, r.type, int(r.priority), r.device, now, r.body)
+                                )
+                            else:
+                                dead.append(
+                                    (r.device, r.reason, "ingest", r.payload,
+                                     msgpack.packb(r.context, default=str), now)
+                                )
+                    used += total
+                    result.units_committed = len(units)
+                else:
+                    for unit in units:
+                        need = sum(_size(r) for r in unit)
                         if used + need > self.max_bytes:
-                            result.full = True
-                            break
-                        result.dropped_telemetry += dropped
-                        unit = kept
-                    for r in unit:
-                        if isinstance(r, Event):
-                            events.append(
-                                (r.event_id, r.type, int(r.priority), r.device, now, r.body)
-                            )
-                        else:
-                            dead.append(
-                                (r.device, r.reason, "ingest", r.payload,
-                                 msgpack.packb(r.context, default=str), now)
-                            )
-                    used += need
-                    result.units_committed += 1
+                            over = used + need - self.max_bytes
+                            freed, n, stored = self._evict(conn, over, events)
+                            used -= freed
+                            freed_total += stored  # pending rows were never in used_bytes
+                            result.evicted_telemetry += n
+                        if used + need > self.max_bytes:
+                            kept = [r for r in unit if not _is_telemetry(r)]
+                            dropped = len(unit) - len(kept)
+                            need = sum(_size(r) for r in kept)
+                            if used + need > self.max_bytes:
+                                result.full = True
+                                break
+                            result.dropped_telemetry += dropped
+                            unit = kept
+                        for r in unit:
+                            if isinstance(r, Event):
+                                events.append(
+                                    (r.event_id, r.type, int(r.priority), r.device, now, r.body)
+                                )
+                            else:
+                                dead.append(
+                                    (r.device, r.reason, "ingest", r.payload,
+                                     msgpack.packb(r.context, default=str), now)
+                                )
+                        used += need
+                        result.units_committed += 1
                 before = conn.total_changes
-                conn.executemany(
-                    "INSERT OR IGNORE INTO events(event_id, type, priority, device, created, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    events,
-                )
+                _insert_events(conn, events)
                 result.inserted = conn.total_changes - before
                 result.duplicates = len(events) - result.inserted
                 if dead:
@@ -383,12 +397,15 @@ class Store:
                     "ingest_dead_letters": len(dead),
                     "duplicate_events": result.duplicates,
                 })
-                # Measure what really went in: ignored duplicates took no space.
-                added = conn.execute(
-                    "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events"
-                    " WHERE seq > ?",
-                    (ROW_OVERHEAD, top_before),
-                ).fetchone()[0]
+                if result.duplicates:
+                    # Measure what really went in: ignored duplicates took no space.
+                    added = conn.execute(
+                        "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events"
+                        " WHERE seq > ?",
+                        (ROW_OVERHEAD, top_before),
+                    ).fetchone()[0]
+                else:
+                    added = sum(len(e[5]) for e in events) + ROW_OVERHEAD * len(events)
                 added += sum(len(d[3]) + ROW_OVERHEAD for d in dead)
         except sqlite3.OperationalError as err:
             if _is_disk_full(err):
@@ -687,6 +704,31 @@ class Store:
         }
 
 
+_INSERT_ROWS: Final = 500
+_insert_sql: dict[int, str] = {}
+
+
+def _insert_events(
+    conn: sqlite3.Connection, events: Sequence[tuple[str, str, int, str, float, bytes]]
+) -> None:
+    """Insert rows with multi-row statements: one ``sqlite3_step`` per 500 rows.
+
+    ``executemany`` steps once per row and releases and re-takes the GIL each
+    time; with the event loop busy on another thread that hand-off, not SQLite,
+    would bound the commit rate.
+    """
+    for start in range(0, len(events), _INSERT_ROWS):
+        chunk = events[start:start + _INSERT_ROWS]
+        sql = _insert_sql.get(len(chunk))
+        if sql is None:
+            sql = (
+                "INSERT OR IGNORE INTO events(event_id, type, priority, device, created, body)"
+                " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+            )
+            _insert_sql[len(chunk)] = sql
+        conn.execute(sql, [v for row in chunk for v in row])
+
+
 def _is_telemetry(r: Record) -> bool:
     return isinstance(r, Event) and r.priority == Priority.TELEMETRY
 
@@ -706,9 +748,10 @@ def _file_bytes(path: Path) -> int:
 def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
     """Copy every readable row of a damaged store into ``dest``; return counts.
 
-    Reads in seq order in small chunks; when a chunk fails, steps over the
-    damaged range one row at a time, then with growing strides, so a single
-    bad page costs a few rows rather than the rest of the table.
+    Reads in seq order in chunks; when a chunk fails, creeps up to the damage
+    one row at a time, then steps over the damaged range (``_step_over``), so
+    a bad page costs only the rows on it. The new file's ``seq`` continues
+    above everything the old one handed out, so salvaged cursors stay valid.
     """
     try:
         src = sqlite3.connect(f"file:{moved}?mode=ro", uri=True, isolation_level=None)
@@ -716,25 +759,21 @@ def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
         return 0, 0
     events = dead = 0
     try:
-        try:
-            top = src.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-        except sqlite3.Error:
-            top = 1 << 40
-        after, stride = 0, 1
-        misses = 0
-        while after < top and misses < 64:
+        sql = (
+            "SELECT seq, event_id, type, priority, device, only_sink, created, body"
+            " FROM events WHERE seq >= ? ORDER BY seq LIMIT ?"
+        )
+        start: int | None = 0
+        limit = 500
+        while start is not None:
             try:
-                rows = src.execute(
-                    "SELECT seq, event_id, type, priority, device, only_sink, created, body"
-                    " FROM events WHERE seq > ? ORDER BY seq LIMIT 500",
-                    (after,),
-                ).fetchall()
+                rows = src.execute(sql, (start, limit)).fetchall()
             except sqlite3.Error:
-                after += stride
-                stride = min(stride * 2, 4096)
-                misses += 1
+                if limit > 1:
+                    limit = 1  # creep up to the damage one row at a time
+                else:
+                    start, limit = _step_over(src, sql, start), 500
                 continue
-            misses, stride = 0, 1
             if not rows:
                 break
             before = dest.total_changes
@@ -744,10 +783,24 @@ def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
                 rows,
             )
             events += dest.total_changes - before
-            after = rows[-1][0]
+            start = rows[-1][0] + 1
+        high = 0
         with contextlib.suppress(sqlite3.Error):
             cursors = src.execute("SELECT sink, seq, updated FROM cursors").fetchall()
             dest.executemany("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", cursors)
+            high = max((int(c[1]) for c in cursors), default=0)
+        with contextlib.suppress(sqlite3.Error, TypeError):
+            row = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            high = max(high, 0 if row is None else int(row[0]))
+        # Lost newest rows or a lost sqlite_sequence must not restart seq below
+        # a salvaged cursor: its reader would skip the new rows (invariant 2).
+        if (
+            high > Store._top(dest)
+            and not dest.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (high,)
+            ).rowcount
+        ):
+            dest.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('events', ?)", (high,))
         with contextlib.suppress(sqlite3.Error):
             rows = src.execute(
                 "SELECT kind, sink, device, event_id, type, reason, body, context, created"
@@ -765,3 +818,33 @@ def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
     finally:
         src.close()
     return events, dead
+
+
+def _step_over(src: sqlite3.Connection, sql: str, bad: int) -> int | None:
+    """Return the smallest ``start > bad`` from which ``sql`` reads again, or None.
+
+    Reading ``seq >= bad`` fails. Probes with doubling strides for a point that
+    reads, then bisects back, so readable rows right after the damage are kept.
+    """
+
+    def reads(start: int) -> bool:
+        try:
+            src.execute(sql, (start, 1)).fetchall()
+        except sqlite3.Error:
+            return False
+        return True
+
+    lo, stride = bad, 1
+    while not reads(lo + stride):
+        lo += stride
+        stride *= 2
+        if lo + stride >= 1 << 62:
+            return None
+    hi = lo + stride
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reads(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

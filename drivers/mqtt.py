@@ -142,6 +142,7 @@ class MqttDriver:
         self.last_seen: dict[str, float] = {}
         self.unrouted = 0
         self._paused = False
+        committer.on_drained(self._resume)
         self.link = MqttLink(
             broker,
             client_id or broker.client_id or f"wh-gw-{site}-{broker.id}",
@@ -158,6 +159,10 @@ class MqttDriver:
                 if paho.topic_matches_sub(pattern, topic):
                     return candidate
         return route
+
+    def _resume(self) -> None:
+        if not self._paused:
+            self.link.resume_reading()
 
     def pause(self) -> None:
         """Stop taking messages: new ones stay unacknowledged with the broker."""
@@ -194,8 +199,13 @@ class MqttDriver:
         try:
             self._committer.submit(records, ack)
         except Backpressure:
-            # Not acknowledged: the broker redelivers it on the next connection.
-            log.warning("ingest_backpressure", device=dev.id)
+            # Cannot happen while reading pauses at the high-water mark; if it
+            # does, reconnect so the broker redelivers what was not acknowledged.
+            log.error("ingest_backpressure", device=dev.id, pending=self._committer.pending)
+            self.link.drop_connection()
+            return
+        if self._committer.saturated:
+            link.pause_reading()
 
     def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
         key = (device, err.kind)

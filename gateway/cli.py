@@ -64,11 +64,20 @@ def _open_store(args: argparse.Namespace) -> Any:
     from buffer.store import Store
 
     if args.db:
+        _require_file(Path(args.db))
         return Store(args.db, recover=False)
     cfg = _load(args.config) if args.config else None
     if cfg is None:
         raise SystemExit(2)
+    _require_file(cfg.store.path)
     return Store(cfg.store.path, max_bytes=cfg.store.max_bytes, recover=False)
+
+
+def _require_file(path: Path) -> None:
+    # Opening a mistyped path would create an empty store and report it as such.
+    if not path.is_file():
+        _err(f"error: no store file at {path}")
+        raise SystemExit(1)
 
 
 def cmd_store_stats(args: argparse.Namespace) -> int:

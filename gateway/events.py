@@ -14,9 +14,12 @@ id and upstream can deduplicate.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import math
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -40,6 +43,8 @@ class Priority(enum.IntEnum):
     TELEMETRY = 2
 
 
+_PRIORITY_NAMES: Final = {p: p.name.lower() for p in Priority}
+
 #: Event types the gateway knows, with their priority class.
 EVENT_TYPES: Final[Mapping[str, Priority]] = {
     "pick": Priority.BUSINESS,
@@ -52,15 +57,52 @@ EVENT_TYPES: Final[Mapping[str, Priority]] = {
 }
 
 
+_NAMESPACE_BYTES: Final = EVENT_NAMESPACE.bytes
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
 def make_event_id(site: str, device: str, source_key: str) -> str:
-    """Derive the deterministic event id for one physical happening."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{site}/{device}/{source_key}"))
+    """Derive the deterministic event id for one physical happening.
+
+    Exactly ``str(uuid.uuid5(EVENT_NAMESPACE, "site/device/source_key"))``,
+    computed without building ``UUID`` objects (it runs once per event).
+    """
+    digest = hashlib.sha1(
+        _NAMESPACE_BYTES + f"{site}/{device}/{source_key}".encode(), usedforsecurity=False
+    ).digest()
+    b = bytearray(digest[:16])
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def format_time(ts: float) -> str:
-    """Format a POSIX timestamp as ISO 8601 UTC with milliseconds and ``Z``."""
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """Format a POSIX timestamp as ISO 8601 UTC with milliseconds and ``Z``.
+
+    Truncates to the millisecond. The formatted second is cached: this runs
+    twice per event on the ingest hot path.
+    """
+    global _second_cache
+    # Same rounding as datetime.fromtimestamp: to the microsecond, then truncate.
+    frac, whole = math.modf(ts)
+    rem = round(frac * 1e6)
+    sec = int(whole)
+    if rem >= 1_000_000:
+        sec, rem = sec + 1, rem - 1_000_000
+    elif rem < 0:
+        sec, rem = sec - 1, rem + 1_000_000
+    cached = _second_cache
+    if cached[0] != sec:
+        t = time.gmtime(sec)
+        cached = (sec, f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+                       f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}")
+        _second_cache = cached
+    return f"{cached[1]}.{rem // 1000:03d}Z"
 
 
 def parse_time(value: object) -> float:
@@ -149,19 +191,17 @@ class Event:
         if priority is None:
             priority = EVENT_TYPES.get(type, Priority.TELEMETRY)
         event_id = make_event_id(site, device, source_key)
-        doc: dict[str, Any] = {
-            "event_id": event_id,
-            "type": type,
-            "schema": SCHEMA,
-            "site": site,
-            "device": device,
-            "occurred_at": format_time(occurred_at),
-            "observed_at": format_time(observed_at),
-            "correlation_id": correlation_id,
-            "priority": priority.name.lower(),
-            "data": dict(data),
-        }
-        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        # Hand-assembled canonical JSON (same bytes as json.dumps of the document
+        # in this key order): this runs once per event on the ingest hot path.
+        corr = "null" if correlation_id is None else _encode_str(correlation_id)
+        body = (
+            f'{{"event_id":"{event_id}","type":{_encode_str(type)},"schema":"{SCHEMA}",'
+            f'"site":{_encode_str(site)},"device":{_encode_str(device)},'
+            f'"occurred_at":"{format_time(occurred_at)}",'
+            f'"observed_at":"{format_time(observed_at)}",'
+            f'"correlation_id":{corr},"priority":"{_PRIORITY_NAMES[priority]}",'
+            f'"data":{_encode_json(data if isinstance(data, dict) else dict(data))}}}'
+        ).encode()
         return cls(event_id=event_id, type=type, priority=priority, device=device, body=body)
 
     def to_dict(self) -> dict[str, Any]:

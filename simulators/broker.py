@@ -153,7 +153,18 @@ class MosquittoBroker:
                 attempt += 1
                 self._port = free_port(self._host)
 
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self._host, self._port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
     def _start_once(self, exe: str) -> None:
+        # The readiness probe below cannot tell our broker from another
+        # listener on the port, so the port must be free to begin with.
+        if self._listening():
+            raise _PortInUseError(f"port {self._host}:{self._port} is already in use")
         self._write_config()
         self.log_file.unlink(missing_ok=True)
         with self._stderr_file.open("wb") as err:
@@ -173,17 +184,15 @@ class MosquittoBroker:
                 if "Address already in use" in tail:
                     raise _PortInUseError(f"mosquitto port {self._port} is in use:\n{tail}")
                 raise RuntimeError(f"mosquitto exited with code {code} during start:\n{tail}")
-            try:
-                with socket.create_connection((self._host, self._port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"mosquitto did not listen on {self._host}:{self._port} within "
-                        f"{_START_TIMEOUT_S:.0f} s:\n{_tail(self.log_file)}"
-                    ) from None
-                time.sleep(0.02)
+            if self._listening():
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"mosquitto did not listen on {self._host}:{self._port} within "
+                    f"{_START_TIMEOUT_S:.0f} s:\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.02)
         log.info("broker_started", host=self._host, port=self._port, pid=self._proc.pid)
 
     def stop(self) -> None:

@@ -80,13 +80,16 @@ class SiteConfig:
                 'id = "wms"',
                 'type = "http"',
                 f'url = "{self.wms_url}"',
-                f"batch_max = {self.batch_max}",
-                "backoff_initial = 0.05",
-                "backoff_max = 1.0",
             ]
+            http: dict[str, Any] = {
+                "batch_max": self.batch_max,
+                "backoff_initial": 0.05,
+                "backoff_max": 1.0,
+            }
             if self.token_file is not None:
-                lines.append(f"token_file = {val(self.token_file)}")
-            lines += [f"{k} = {val(v)}" for k, v in self.http_extra.items()]
+                http["token_file"] = self.token_file
+            http.update(self.http_extra)
+            lines += [f"{k} = {val(v)}" for k, v in http.items()]
         if self.mqtt_sink:
             lines += ["", "[[sinks]]", 'id = "mqtt-out"', 'type = "mqtt"', 'broker = "site"']
         port = self.status_port or free_port()

@@ -89,7 +89,7 @@ class ScannerFleet:
         redeliver_rate: float = 0.0,
         window: int = 200,
         tote_pool: int = 1_000_000,
-        ack_timeout: float = 30.0,
+        ack_timeout: float | None = 30.0,
     ) -> None:
         if count < 1 or window < 1 or tote_pool < 1:
             raise ValueError("count, window and tote_pool must be >= 1")
@@ -103,7 +103,8 @@ class ScannerFleet:
         self.window = window
         self.ack_timeout = ack_timeout
         self.published = 0
-        """Messages published and acknowledged so far (all kinds)."""
+        """Messages handed to the broker so far, all kinds (acknowledged once
+        :meth:`publish` or :meth:`run` has returned)."""
         self._rng = random.Random(seed)
         self._tote_pool = tote_pool
         # Codes run through the pool in order from a seeded start: random draws
@@ -245,9 +246,11 @@ class ScannerFleet:
         # Caller holds self._cond.
         while not done():
             acked = self._acked
+            # Times out only when no PUBACK at all came for ack_timeout (None:
+            # wait forever, e.g. across a long broker outage).
             if not self._cond.wait(self.ack_timeout) and self._acked == acked:
                 raise TimeoutError(
-                    f"no PUBACK for {self.ack_timeout:.0f} s ({self._inflight} in flight, "
+                    f"no PUBACK for {self.ack_timeout} s ({self._inflight} in flight, "
                     f"{len(self._outbox)} waiting)"
                 )
         if self._failed:
@@ -323,6 +326,11 @@ class ScannerFleet:
         while (total is None or attempt < total) and not (stop is not None and stop.is_set()):
             if rate is not None:
                 due = started + attempt / rate
+                if time.monotonic() - due > 1.0:
+                    # Held up (broker away, window full): carry on at the
+                    # rate from now rather than burst to catch up.
+                    started = time.monotonic() - attempt / rate
+                    due = started + attempt / rate
                 while (now := time.monotonic()) < due:
                     emit_due_doubles(now)
                     wait = min(due, doubles[0][0]) if doubles else due
@@ -397,6 +405,8 @@ async def run_scanners(args: argparse.Namespace) -> None:
         no_read_rate=args.no_read_rate,
         double_read_rate=args.double_read_rate,
         redeliver_rate=args.redeliver_rate,
+        # Runs unattended for days: wait out broker restarts, however long.
+        ack_timeout=None,
     )
     await asyncio.to_thread(fleet.connect)
     stop = threading.Event()

@@ -291,7 +291,6 @@ class WmsSimulator:
         self.path = path
         self.faults = faults if faults is not None else Faults()
         self._initial_faults = dataclasses.replace(self.faults, outage=False)
-        self._keep_events = keep_events
         self._kept = _EventLog(keep_events)
         self._seen: set[str] = set()
         self._received = 0
@@ -358,7 +357,7 @@ class WmsSimulator:
             await self.stop()
             raise
         if self.faults.outage:
-            self.faults.outage = False
+            # Faults(outage=True) means: start as if the WMS were down.
             await self.set_outage(True)
         log.info("wms_started", ingest=self.url, control=self.control_url)
 
@@ -400,7 +399,8 @@ class WmsSimulator:
     async def _apply_outage(self, on: bool) -> None:
         async with self._outage_lock:
             runner = self._ingest_runner
-            if runner is None or on == self.faults.outage:
+            # The listener is the truth: `faults` may have been replaced.
+            if runner is None or on == (self._ingest_site is None):
                 self.faults.outage = on
                 return
             if on:
@@ -426,7 +426,11 @@ class WmsSimulator:
     async def _end_outage(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._outage_timer = None
-        await self._apply_outage(False)
+        try:
+            await self._apply_outage(False)
+        except OSError as err:
+            # Nobody awaits this task: say it loudly here instead.
+            log.error("wms_reopen_failed", port=self.port, error=str(err))
 
     async def update_faults(self, patch: Mapping[str, object]) -> None:
         """Validate and apply a partial fault setting, including ``outage``.
@@ -444,7 +448,8 @@ class WmsSimulator:
     async def reset(self, faults: Faults | None = None) -> None:
         """Forget stats, events and requests; restore ``faults`` or the initial ones."""
         await self.set_outage(False)
-        self.faults = dataclasses.replace(faults if faults is not None else self._initial_faults)
+        source = faults if faults is not None else self._initial_faults
+        self.faults = dataclasses.replace(source, outage=False)
         self._kept.clear()
         self._seen.clear()
         self._received = self._duplicates = self._rejected = 0

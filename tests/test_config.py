@@ -343,9 +343,7 @@ ERROR_CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
 }
 
 
-@pytest.mark.parametrize(
-    ("mutate", "parts"), list(ERROR_CASES.values()), ids=list(ERROR_CASES)
-)
+@pytest.mark.parametrize(("mutate", "parts"), list(ERROR_CASES.values()), ids=list(ERROR_CASES))
 def test_check_names_file_key_and_expectation(
     conf_dir: Path, capsys: pytest.CaptureFixture[str], mutate: Mutation, parts: tuple[str, ...]
 ) -> None:

@@ -253,7 +253,7 @@ class HttpSink:
                 continue
             self.stats.status_counts[status] = self.stats.status_counts.get(status, 0) + 1
             self.stats.last_status = status
-            if 200 <= status < 300:
+            if 200 <= status < 300 or status == 409:
                 self._success()
                 return _Delivered(self._rejected(text, chunk) if status != 409 else [])
             if status in (401, 403):
