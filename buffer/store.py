@@ -17,9 +17,13 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    store is at capacity. Business and exception rows are never evicted: when
    they do not fit, ``append`` commits the units that fit and reports how many,
    so the caller can push back on its sources.
-5. An event id is stored at most once among live rows (a unique index):
-   re-appending an event that is still in the store is a no-op counted as a
-   duplicate. Replayed dead letters are the one exception (``only_sink``).
+5. Redeliveries are absorbed: an event whose id is among the last
+   ``dedup_window`` ids appended (seeded at open from the newest rows, so a
+   source's redelivery after a crash is caught too) is not stored again and
+   is counted as a duplicate. Older repeats reach upstream, which
+   deduplicates by ``event_id``. (A unique index would make this exact, at
+   4-5x the cost of every insert and delete: ids are random, so the index is
+   written all over the file.)
 6. Every eviction or drop of telemetry is counted in ``counters``, which
    survive reopen.
 7. Opening a file that fails ``PRAGMA quick_check`` (or is not a database)
@@ -38,10 +42,11 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import msgpack
 import structlog
@@ -68,8 +73,7 @@ CREATE TABLE IF NOT EXISTS events (
     created REAL NOT NULL,
     body BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id)
-    WHERE only_sink IS NULL;
+DROP INDEX IF EXISTS events_event_id;
 CREATE INDEX IF NOT EXISTS events_telemetry ON events(seq) WHERE priority = 2;
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
@@ -125,9 +129,8 @@ class SinkDeadLetter:
 Record = Event | IngestDeadLetter
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One stored event as a forwarder reads it."""
+class Row(NamedTuple):
+    """One stored event as a forwarder reads it (a tuple: cheap to build in bulk)."""
 
     seq: int
     event_id: str
@@ -193,6 +196,7 @@ class Store:
         retention_s: float = 0.0,
         clock: Any = time.time,
         recover: bool = True,
+        dedup_window: int = 65_536,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -203,6 +207,20 @@ class Store:
         self._recover_enabled = recover
         self._conn = self._open()
         self.used_bytes = self._measure_used()
+        self.dedup_window = dedup_window
+        self._recent_ids: deque[str] = deque()
+        self._recent_set: set[str] = set()
+        for (event_id,) in reversed(self._conn.execute(
+            "SELECT event_id FROM events WHERE only_sink IS NULL ORDER BY seq DESC LIMIT ?",
+            (dedup_window,),
+        ).fetchall()):
+            self._remember_id(event_id)
+
+    def _remember_id(self, event_id: str) -> None:
+        self._recent_set.add(event_id)
+        self._recent_ids.append(event_id)
+        if len(self._recent_ids) > self.dedup_window:
+            self._recent_set.discard(self._recent_ids.popleft())
 
     # -- opening, corruption and salvage ------------------------------------------
 
@@ -329,7 +347,6 @@ class Store:
         now = self._clock()
         try:
             with self._txn() as conn:
-                top_before = self._top(conn)
                 used = self.used_bytes
                 freed_total = 0
                 events: list[tuple[str, str, int, str, float, bytes]] = []
@@ -380,10 +397,17 @@ class Store:
                                 )
                         used += need
                         result.units_committed += 1
-                before = conn.total_changes
-                _insert_events(conn, events)
-                result.inserted = conn.total_changes - before
-                result.duplicates = len(events) - result.inserted
+                fresh: list[tuple[str, str, int, str, float, bytes]] = []
+                seen: set[str] = set()
+                recent = self._recent_set
+                for e in events:
+                    if e[0] in recent or e[0] in seen:
+                        result.duplicates += 1
+                    else:
+                        seen.add(e[0])
+                        fresh.append(e)
+                _insert_events(conn, fresh)
+                result.inserted = len(fresh)
                 if dead:
                     conn.executemany(
                         "INSERT INTO dead_letters(device, reason, kind, body, context, created)"
@@ -397,15 +421,7 @@ class Store:
                     "ingest_dead_letters": len(dead),
                     "duplicate_events": result.duplicates,
                 })
-                if result.duplicates:
-                    # Measure what really went in: ignored duplicates took no space.
-                    added = conn.execute(
-                        "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events"
-                        " WHERE seq > ?",
-                        (ROW_OVERHEAD, top_before),
-                    ).fetchone()[0]
-                else:
-                    added = sum(len(e[5]) for e in events) + ROW_OVERHEAD * len(events)
+                added = sum(len(e[5]) for e in fresh) + ROW_OVERHEAD * len(fresh)
                 added += sum(len(d[3]) + ROW_OVERHEAD for d in dead)
         except sqlite3.OperationalError as err:
             if _is_disk_full(err):
@@ -413,6 +429,8 @@ class Store:
                 return AppendResult(full=True)
             raise
         self.used_bytes = self.used_bytes - freed_total + int(added)
+        for e in fresh:
+            self._remember_id(e[0])
         return result
 
     @staticmethod
@@ -524,7 +542,7 @@ class Store:
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            rows = [Row(*r) for r in conn.execute(sql, args)]
+            rows = list(map(Row._make, conn.execute(sql, args).fetchall()))
             if len(rows) < limit:
                 top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
                 scanned = max(after, int(top or 0))
@@ -722,7 +740,7 @@ def _insert_events(
         sql = _insert_sql.get(len(chunk))
         if sql is None:
             sql = (
-                "INSERT OR IGNORE INTO events(event_id, type, priority, device, created, body)"
+                "INSERT INTO events(event_id, type, priority, device, created, body)"
                 " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
             )
             _insert_sql[len(chunk)] = sql

@@ -1,10 +1,12 @@
 """Per-sink forwarder: read after the cursor, deliver, advance — forever.
 
-Reads one batch ahead while the current one is being delivered, so the
-store's read and the upstream round trip overlap. The cursor moves (and dead
-letters are written) in one store transaction after ``deliver`` returns;
-a crash before that resends the batch, which upstream deduplicates by
-``event_id`` and by the batch's Idempotency-Key.
+Reads one batch ahead while the current one is being delivered, and lets the
+cursor advance of a delivered batch commit while the next batch is already
+on its way, so the store's work and the upstream round trip overlap. The
+cursor moves (and dead letters are written) in one store transaction after
+``deliver`` returns; advances run in order on the store's single thread. A
+crash before the advance commits resends the batch, which upstream
+deduplicates by ``event_id`` and by the batch's Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Forwarder:
         sink, service = self.sink, self._service
         wake = service.listen()
         prefetch: asyncio.Task[tuple[list[Row], int]] | None = None
+        advancing: asyncio.Task[int] | None = None
         try:
             while True:
                 fresh = prefetch is None
@@ -57,6 +60,9 @@ class Forwarder:
                         sink.id, self.cursor, sink.batch_max, sink.routes
                     )
                 if not rows:
+                    if advancing is not None:
+                        await advancing
+                        advancing = None
                     if scanned > self.cursor:
                         # Everything scanned was routed elsewhere: just move past it.
                         await service.advance(sink.id, scanned)
@@ -71,13 +77,22 @@ class Forwarder:
                     name=f"prefetch-{sink.id}",
                 )
                 dead = await sink.deliver(rows)
-                await service.advance(sink.id, scanned, dead)
+                if advancing is not None:
+                    await advancing  # surfaces a store error before going further
+                advancing = asyncio.create_task(
+                    service.advance(sink.id, scanned, dead), name=f"advance-{sink.id}"
+                )
                 self.cursor = scanned
                 self.batches += 1
                 self.events_delivered += len(rows) - len(dead)
                 self.dead_letters += len(dead)
                 self.last_batch_at = time.time()
         finally:
+            if advancing is not None:
+                # Let a delivered batch's advance commit: it is already queued on
+                # the store thread and finishes in milliseconds.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(advancing)
             if prefetch is not None:
                 prefetch.cancel()
                 with contextlib.suppress(BaseException):

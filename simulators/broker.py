@@ -78,8 +78,16 @@ class MosquittoBroker:
             client.connect(broker.host, broker.port)
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        persistence: bool = False,
+    ) -> None:
         self._workdir = Path(workdir)
+        self._persistence = persistence
         self._host = host
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port(host)
@@ -111,7 +119,13 @@ class MosquittoBroker:
         lines = [
             f"listener {self._port} {self._host}",
             "allow_anonymous true",
-            "persistence false",
+            # With persistence, sessions and their queued messages survive a
+            # graceful restart (saved on stop, restored on start).
+            *(
+                ["persistence true", f"persistence_location {self._workdir}/"]
+                if self._persistence
+                else ["persistence false"]
+            ),
             "max_inflight_messages 1000",
             # Unlimited: gateways use persistent sessions and the broker must
             # hold their backlog while they are down.

@@ -40,6 +40,8 @@ class SiteConfig:
     batch_max: int = 1000
     http_extra: dict[str, Any] = field(default_factory=dict)
     mqtt_sink: bool = False
+    #: Port of a second broker ("out") for the MQTT sink; None: the site broker.
+    mqtt_sink_port: int | None = None
     device_extra: dict[str, Any] = field(default_factory=dict)
     store_extra: dict[str, Any] = field(default_factory=dict)
     broker_extra: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +93,17 @@ class SiteConfig:
             http.update(self.http_extra)
             lines += [f"{k} = {val(v)}" for k, v in http.items()]
         if self.mqtt_sink:
-            lines += ["", "[[sinks]]", 'id = "mqtt-out"', 'type = "mqtt"', 'broker = "site"']
+            sink_broker = "site"
+            if self.mqtt_sink_port is not None:
+                lines += ["", "[[brokers]]", 'id = "out"', f"port = {self.mqtt_sink_port}"]
+                sink_broker = "out"
+            lines += [
+                "",
+                "[[sinks]]",
+                'id = "mqtt-out"',
+                'type = "mqtt"',
+                f'broker = "{sink_broker}"',
+            ]
         port = self.status_port or free_port()
         self.status_port = port
         lines += ["", "[status]", f"port = {port}", "", "[log]", 'format = "json"']

@@ -103,6 +103,10 @@ units_st = st.lists(st.lists(records, min_size=1, max_size=4), min_size=1, max_s
 routes_st = st.one_of(st.none(), st.frozensets(st.sampled_from(TYPES), max_size=4))
 
 
+#: Small, so that ids leave the store's redelivery window during a run.
+DEDUP_WINDOW = 12
+
+
 class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -120,6 +124,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.next_key = 0
         # Business/exception rows the store accepted and not yet seen delivered.
         self.precious: dict[int, str] = {}
+        # Ids appended lately: the store's redelivery window (invariant 5).
+        self.recent: list[str] = []
 
     # -- helpers ------------------------------------------------------------------
 
@@ -231,18 +237,26 @@ class StoreMachine(RuleBasedStateMachine):
                     ingest.append(r)
             used += need
             result.units_committed += 1
-        live = {r.event_id for r in rows.values() if r.only_sink is None}
+        recent = set(self.recent)
         top = self.top
         for e in pending:
-            top += 1  # a skipped duplicate burns its seq too (AUTOINCREMENT)
-            if e.event_id in live:
+            if e.event_id in recent:
                 result.duplicates += 1
                 continue
+            top += 1
             rows[top] = MRow(top, e.event_id, e.type, int(e.priority), None, e.body)
-            live.add(e.event_id)
+            recent.add(e.event_id)
             result.inserted += 1
         result.dead_letters = len(ingest)
         return result, rows, ingest, top
+
+    def remember(self, ids: list[str]) -> None:
+        self.recent = (self.recent + ids)[-DEDUP_WINDOW:]
+
+    def reseed_recent(self) -> None:
+        """What the store remembers after opening: the newest rows' ids."""
+        live = [r.event_id for _, r in sorted(self.rows.items()) if r.only_sink is None]
+        self.recent = live[-DEDUP_WINDOW:]
 
     # -- rules ------------------------------------------------------------------------
 
@@ -252,7 +266,8 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def start(self, sinks: list[str], max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.store = Store(self.path, max_bytes=max_bytes, synchronous="NORMAL")
+        self.store = Store(self.path, max_bytes=max_bytes, synchronous="NORMAL",
+                           dedup_window=DEDUP_WINDOW)
         assert self.store.open_report == OpenReport()
         self.cursors = dict.fromkeys(sinks, 0)
         assert self.store.register_sinks(sinks) == self.cursors
@@ -297,6 +312,7 @@ class StoreMachine(RuleBasedStateMachine):
 
         self.rows = rows
         self.top = top
+        self.remember([after[s].event_id for s in sorted(new)])
         for r in ingest:
             self.dead[self.next_dead_id] = MDead(
                 self.next_dead_id, "ingest", None, None, r.reason, r.payload
@@ -395,7 +411,9 @@ class StoreMachine(RuleBasedStateMachine):
                     " VALUES ('torn', 'pick', 0, 'dev-0', 0, x'00')"
                 )
             conn.close()  # no commit, no checkpoint
-        self.store = Store(self.path, max_bytes=self.max_bytes, synchronous="NORMAL")
+        self.store = Store(self.path, max_bytes=self.max_bytes, synchronous="NORMAL",
+                           dedup_window=DEDUP_WINDOW)
+        self.reseed_recent()
         assert self.store.open_report == OpenReport()
         assert self.store.used_bytes == self.used()
         if register:  # what the daemon does at start; nothing changes
