@@ -196,7 +196,7 @@ class Store:
         retention_s: float = 0.0,
         clock: Any = time.time,
         recover: bool = True,
-        dedup_window: int = 65_536,
+        dedup_window: int = 16_384,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
