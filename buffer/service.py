@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from buffer.store import AppendResult, Record, Row, SinkDeadLetter, Store
+from buffer.store import AppendResult, Record, Row, SinkDeadLetter, Store, StoreDiskFull
 
 log = structlog.get_logger(__name__)
 
@@ -95,8 +95,24 @@ class StoreService:
     async def advance(
         self, sink: str, to_seq: int, dead_letters: Sequence[SinkDeadLetter] = ()
     ) -> int:
-        """``Store.advance`` on the store thread; wakes a blocked committer."""
-        deleted = await self._run(self.store.advance, sink, to_seq, dead_letters)
+        """``Store.advance`` on the store thread; wakes a blocked committer.
+
+        A full disk does not stop the forwarder: the advance is retried every
+        second (the batch stays delivered; only its cursor move waits).
+        """
+        warned = False
+        while True:
+            try:
+                deleted = await self._run(self.store.advance, sink, to_seq, dead_letters)
+                break
+            except StoreDiskFull as err:
+                if not warned:
+                    log.error("store_disk_full", sink=sink, error=str(err),
+                              action="cursor move retried every second")
+                    warned = True
+                await asyncio.sleep(1.0)
+        if warned:
+            log.warning("store_writable_again", sink=sink)
         if deleted:
             self.space_freed.set()
         return deleted

@@ -107,6 +107,10 @@ class StoreError(Exception):
         self.path = str(path)
 
 
+class StoreDiskFull(StoreError):
+    """SQLite could not write: the disk (or the file system quota) is full."""
+
+
 @dataclass(frozen=True, slots=True)
 class IngestDeadLetter:
     """A source message that could not become a signal, kept whole."""
@@ -208,6 +212,7 @@ class Store:
         self._conn = self._open()
         self.used_bytes = self._measure_used()
         self.dedup_window = dedup_window
+        self._data_version: int | None = None
         self._recent_ids: deque[str] = deque()
         self._recent_set: set[str] = set()
         for (event_id,) in reversed(self._conn.execute(
@@ -265,7 +270,8 @@ class Store:
                 path=self.path,
             )
         conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _recover(self, reason: str) -> sqlite3.Connection:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
@@ -304,6 +310,18 @@ class Store:
             (ROW_OVERHEAD,),
         ).fetchone()
         return int(row[0]) + int(dl[0])
+
+    def refresh_if_changed_elsewhere(self) -> bool:
+        """Re-measure ``used_bytes`` if another process (an operator command) committed.
+
+        ``PRAGMA data_version`` changes only for commits by other connections.
+        """
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        if changed:
+            self.used_bytes = self._measure_used()
+        return changed
 
     def close(self) -> None:
         """Close the connection. Everything committed is on disk already."""
@@ -564,35 +582,51 @@ class Store:
         Returns the number of rows deleted.
         """
         now = self._clock()
-        with self._txn() as conn:
-            cur = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
-            if cur is None:
-                raise StoreError(f"no cursor for sink {sink!r}", path=self.path)
-            if to_seq < cur[0]:
-                raise StoreError(
-                    f"cursor of sink {sink!r} may not move back ({cur[0]} -> {to_seq})",
-                    path=self.path,
-                )
-            dl_bytes = 0
-            for dl in dead_letters:
-                conn.execute(
-                    "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
-                    " created) SELECT 'sink', ?, device, event_id, type, ?, body, ? FROM events"
-                    " WHERE seq = ?",
-                    (sink, dl.reason, now, dl.seq),
-                )
-                row = conn.execute(
-                    "SELECT LENGTH(body) FROM events WHERE seq = ?", (dl.seq,)
-                ).fetchone()
-                dl_bytes += 0 if row is None else int(row[0]) + ROW_OVERHEAD
-            if dead_letters:
-                self._bump(conn, {"sink_dead_letters": len(dead_letters)})
-            conn.execute(
-                "UPDATE cursors SET seq = ?, updated = ? WHERE sink = ?", (to_seq, now, sink)
-            )
-            deleted = self._prune(conn, now)
-        self.used_bytes += dl_bytes
+        try:
+            with self._txn() as conn:
+                deleted, dl_bytes = self._advance(conn, sink, to_seq, dead_letters, now)
+        except sqlite3.OperationalError as err:
+            if _is_disk_full(err):
+                raise StoreDiskFull(f"{self.path}: disk full: {err}", path=self.path) from err
+            raise
+        self.used_bytes += dl_bytes  # only once committed
         return deleted
+
+    def _advance(
+        self,
+        conn: sqlite3.Connection,
+        sink: str,
+        to_seq: int,
+        dead_letters: Sequence[SinkDeadLetter],
+        now: float,
+    ) -> tuple[int, int]:
+        cur = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        if cur is None:
+            raise StoreError(f"no cursor for sink {sink!r}", path=self.path)
+        if to_seq < cur[0]:
+            raise StoreError(
+                f"cursor of sink {sink!r} may not move back ({cur[0]} -> {to_seq})",
+                path=self.path,
+            )
+        dl_bytes = 0
+        for dl in dead_letters:
+            conn.execute(
+                "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
+                " created) SELECT 'sink', ?, device, event_id, type, ?, body, ? FROM events"
+                " WHERE seq = ?",
+                (sink, dl.reason, now, dl.seq),
+            )
+            row = conn.execute(
+                "SELECT LENGTH(body) FROM events WHERE seq = ?", (dl.seq,)
+            ).fetchone()
+            dl_bytes += 0 if row is None else int(row[0]) + ROW_OVERHEAD
+        if dead_letters:
+            self._bump(conn, {"sink_dead_letters": len(dead_letters)})
+        conn.execute(
+            "UPDATE cursors SET seq = ?, updated = ? WHERE sink = ?", (to_seq, now, sink)
+        )
+        deleted = self._prune(conn, now)
+        return deleted, dl_bytes
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> int:
         floor = self._min_cursor(conn)

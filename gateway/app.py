@@ -150,7 +150,11 @@ class Gateway:
 
     async def _refresh_stats(self) -> None:
         while True:
-            self.store_stats = await self.service.call(self.service.store.stats)
+            store = self.service.store
+            if await self.service.call(store.refresh_if_changed_elsewhere):
+                self.service.space_freed.set()  # an operator freed or added rows
+                self.service.notify()
+            self.store_stats = await self.service.call(store.stats)
             await asyncio.sleep(STATS_REFRESH_S)
 
     def snapshot(self) -> dict[str, Any]:
@@ -168,6 +172,9 @@ class Gateway:
         alerts = [f"sink {sid}: {s['alert']}" for sid, s in sinks.items() if s.get("alert")]
         if self.committer.full:
             alerts.append("store full: sources are being held back")
+        for d in self.drivers:
+            if not d.link.connected.is_set():
+                alerts.append(f"broker {d.broker.id} unavailable: {d.link.last_error}")
         report = store.get("open_report", {})
         if report.get("corrupt"):
             alerts.append(

@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    import sqlite3
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except sqlite3.DatabaseError as err:
+        _err(f"error: the store file cannot be read ({err}); the daemon moves a corrupt "
+             "store aside at its next start")
+        return 1
     return result

@@ -120,6 +120,10 @@ class LinkDown(Exception):
     """The broker connection is down (or went down before a PUBACK arrived)."""
 
 
+class PublishRefused(Exception):
+    """The broker answered a publish with a failure reason code (e.g. not authorized)."""
+
+
 class MqttLink:
     """A reconnecting MQTT v5 connection owned by the event loop."""
 
@@ -330,7 +334,9 @@ class MqttLink:
         fut = self._pubacks.pop(mid, None)
         if fut is not None and not fut.done():
             if reason.is_failure:
-                fut.set_exception(LinkDown(f"broker {self.broker.id} refused publish: {reason}"))
+                fut.set_exception(
+                    PublishRefused(f"broker {self.broker.id} refused publish: {reason}")
+                )
             else:
                 fut.set_result(None)
 

@@ -120,7 +120,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
     try:
-        limit = min(1000, int(q.get("limit", "100")))
+        limit = max(1, min(1000, int(q.get("limit", "100"))))
         after = int(q.get("after", "0"))
     except ValueError:
         raise web.HTTPBadRequest(text="limit and after must be integers") from None

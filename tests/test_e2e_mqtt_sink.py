@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.events import make_event_id
+from gateway.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.scanners import PublishedRead
@@ -50,7 +50,12 @@ class Subscriber:
 
 
 def ids_of(reads: list[PublishedRead]) -> set[str]:
-    return {make_event_id("DC-EAST-1", r.scanner, f"read:{r.read_id}") for r in reads}
+    return {
+        make_event_id(
+            "DC-EAST-1", r.scanner, f"read:{r.read_id}@{round(parse_time(r.timestamp) * 1000)}"
+        )
+        for r in reads
+    }
 
 
 async def test_mqtt_sink_publishes_events_and_holds_them_while_its_broker_is_down(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from e2e import connect_fleet, publish, read_ids_by_scanner, site, start, wait_until
 
-from gateway.events import make_event_id
+from gateway.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.scanners import PublishedRead
@@ -30,13 +30,16 @@ def first_kinds(reads: list[PublishedRead]) -> dict[tuple[str, int], str]:
     return kinds
 
 
+def event_id_of(r: PublishedRead) -> str:
+    """The id the gateway must derive: reader + read id + the read's own time."""
+    ms = round(parse_time(r.timestamp) * 1000)
+    return make_event_id(SITE, r.scanner, f"read:{r.read_id}@{ms}")
+
+
 def expected_ids(reads: list[PublishedRead]) -> set[str]:
     """Event ids of the physical reads (double reads are debounced, not events)."""
-    return {
-        make_event_id(SITE, scanner, f"read:{read_id}")
-        for (scanner, read_id), kind in first_kinds(reads).items()
-        if kind in ("read", "no_read")
-    }
+    kinds = first_kinds(reads)
+    return {event_id_of(r) for r in reads if kinds[(r.scanner, r.read_id)] in ("read", "no_read")}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -121,8 +124,7 @@ async def test_poison_events_dead_lettered_neighbours_delivered(
         fleet = connect_fleet(broker, count=4)
         reads = await publish(fleet, 2000)
         fleet.close()
-        poison = {make_event_id(SITE, r.scanner, f"read:{r.read_id}")
-                  for r in reads if r.code.endswith("37")}
+        poison = {event_id_of(r) for r in reads if r.code.endswith("37")}
         assert poison
         good = expected_ids(reads) - poison
         await wait_until(lambda: wms.stats()["unique"] >= len(good), 30, "good events")

@@ -157,10 +157,13 @@ def test_debounce_memory_is_bounded() -> None:
 
 
 def test_normal_read_event() -> None:
-    (ev,) = recognizer().feed(read("TOTE-000123", "r-77", 0.35, recv=0.361, symbology="EAN13"))
+    sig = read("TOTE-000123", "r-77", 0.35, recv=0.361, symbology="EAN13")
+    (ev,) = recognizer().feed(sig)
     assert ev.type == "scan"
     assert ev.priority is Priority.BUSINESS
-    assert ev.event_id == make_event_id(SITE, DEVICE, "read:r-77")
+    assert sig.source_time is not None
+    ms = round(sig.source_time * 1000)
+    assert ev.event_id == make_event_id(SITE, DEVICE, f"read:r-77@{ms}")
     doc = ev.to_dict()
     assert doc["site"] == SITE
     assert doc["device"] == DEVICE
@@ -188,6 +191,18 @@ def test_redelivery_gives_the_same_event_id() -> None:
     assert after_restart.event_id == first.event_id
 
 
+def test_read_counter_restart_does_not_reuse_event_ids() -> None:
+    # A scanner power-cycled at night starts counting read ids at 1 again.
+    (before,) = recognizer().feed(read("A", "1", 0.0))
+    (after,) = recognizer().feed(read("B", "1", 86_400.0))
+    assert before.event_id != after.event_id
+
+
+def test_unstamped_read_keys_on_read_id_alone() -> None:
+    (ev,) = recognizer().feed(read("A", "r5", None, recv=3.0))
+    assert ev.event_id == make_event_id(SITE, DEVICE, "read:r5")
+
+
 def test_different_read_ids_give_different_event_ids() -> None:
     (a,) = recognizer().feed(read("A", "r1", 0.0))
     (b,) = recognizer().feed(read("A", "r2", 0.0))
@@ -198,7 +213,8 @@ def test_noread_event() -> None:
     rec = ScannerRecognizer(
         site=SITE, device=DEVICE, location=LOCATION, no_read_codes=frozenset({"NR", "?"})
     )
-    (ev,) = rec.feed(read("NR", "r9", 1.0))
+    sig = read("NR", "r9", 1.0)
+    (ev,) = rec.feed(sig)
     assert ev.type == "exception"
     assert ev.priority is Priority.EXCEPTION
     doc = ev.to_dict()
@@ -210,7 +226,8 @@ def test_noread_event() -> None:
         "read_id": "r9",
         "location": LOCATION,
     }
-    assert ev.event_id == make_event_id(SITE, DEVICE, "read:r9")
+    assert sig.source_time is not None
+    assert ev.event_id == make_event_id(SITE, DEVICE, f"read:r9@{round(sig.source_time * 1000)}")
     # With custom no-read codes, NOREAD is an ordinary code.
     assert [e.type for e in rec.feed(read("NOREAD", "r10", 2.0))] == ["scan"]
 

@@ -7,6 +7,7 @@ These tests pin down the individual behaviours with hand-picked cases.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -19,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from buffer.service import StoreService
 from buffer.store import (
     ROW_OVERHEAD,
     IngestDeadLetter,
     OpenReport,
     SinkDeadLetter,
     Store,
+    StoreDiskFull,
     StoreError,
 )
 from gateway.events import Event
@@ -652,3 +655,68 @@ def test_kill_9_loses_no_accepted_event(db: Path) -> None:
     assert count == top  # no holes
     assert count % 50 == 0  # whole group commits only
     store.close()
+
+
+# -- a full disk while moving a cursor; operator changes from another process ------
+
+
+def _fill_disk(store: Store) -> None:
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _free_disk(store: Store) -> None:
+    store._conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_advance_on_a_full_disk_raises_and_changes_nothing(db: Path) -> None:
+    store = Store(db)
+    store.register_sinks(["wms"])
+    store.append([[ev(f"big{i}", pad=3000)] for i in range(20)])
+    rows, scanned = store.read("wms", 0, 100)
+    _fill_disk(store)
+    dead = [SinkDeadLetter(r.seq, r.event_id, "422: bad") for r in rows]
+    with pytest.raises(StoreDiskFull):
+        store.advance("wms", scanned, dead)
+    assert store.cursors() == {"wms": 0}
+    assert store.dead_letters() == []
+    _free_disk(store)
+    store.advance("wms", scanned, dead)
+    assert store.cursors() == {"wms": scanned}
+    assert len(store.dead_letters()) == 20
+    store.close()
+
+
+async def test_service_retries_a_cursor_move_until_the_disk_has_room(db: Path) -> None:
+    service = StoreService(lambda: Store(db))
+    store = await service.open()
+    await service.call(store.register_sinks, ["wms"])
+    await service.call(store.append, [[ev(f"big{i}", pad=3000)] for i in range(20)])
+    rows, scanned = await service.call(store.read, "wms", 0, 100)
+    await service.call(_fill_disk, store)
+    dead = [SinkDeadLetter(r.seq, r.event_id, "422: bad") for r in rows]
+    task = asyncio.create_task(service.advance("wms", scanned, dead))
+    await asyncio.sleep(1.5)
+    assert not task.done(), "a full disk must hold the cursor move, not fail it"
+    assert await service.call(store.cursors) == {"wms": 0}
+    await service.call(_free_disk, store)
+    await asyncio.wait_for(task, 5)
+    assert await service.call(store.cursors) == {"wms": scanned}
+    await service.close()
+
+
+def test_daemon_sees_space_freed_by_an_operator_command(db: Path) -> None:
+    daemon = Store(db)
+    daemon.register_sinks(["wms"])
+    daemon.append([[ev(f"big{i}", pad=3000)] for i in range(5)])
+    rows, scanned = daemon.read("wms", 0, 100)
+    daemon.advance("wms", scanned, [SinkDeadLetter(r.seq, r.event_id, "bad") for r in rows])
+    assert daemon.refresh_if_changed_elsewhere() is False  # first look: baseline
+    before = daemon.used_bytes
+    operator = Store(db, recover=False)  # `warehouse-gateway store discard` while it runs
+    operator.discard([d.id for d in operator.dead_letters()])
+    operator.close()
+    assert daemon.refresh_if_changed_elsewhere() is True
+    assert daemon.used_bytes < before - 5 * 3000
+    assert daemon.refresh_if_changed_elsewhere() is False  # its own commits do not count
+    daemon.close()

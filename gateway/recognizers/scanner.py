@@ -12,13 +12,29 @@ from gateway.events import Event, Priority, Signal
 MAX_RECENT_CODES = 4096
 
 
+def scanner_source_key(sig: Signal) -> str:
+    """The physical source key of one scanner read.
+
+    ``read:<read id>@<source time in ms>`` when the scanner stamps its reads,
+    ``read:<read id>`` when it does not, ``msg:<sha1 of the payload>`` when it
+    sends no read id at all.
+    """
+    if sig.source_seq is None:
+        return f"msg:{sig.attrs.get('digest', '')}"
+    if sig.source_time is None:
+        return f"read:{sig.source_seq}"
+    return f"read:{sig.source_seq}@{round(sig.source_time * 1000)}"
+
+
 @dataclass(slots=True)
 class ScannerRecognizer:
     """Turns ``read`` signals of one scanner into events.
 
-    - The event id comes from the reader and its read id (or, when the
-      scanner sends none, the digest of the raw message): a redelivered read
-      yields the same id.
+    - The event id comes from the reader, its read id and the read's own
+      timestamp (``scanner_source_key``): a redelivered read yields the same
+      id, while a scanner whose read counter restarted after a power cycle
+      does not reuse the ids of its earlier reads. Without a read id, the
+      digest of the raw message is the key.
     - A *double read* — a code this reader already reported, with a new read
       id, less than ``debounce_s`` later by source time — is dropped and
       counted in ``debounced``. Other reads in between do not matter.
@@ -38,9 +54,7 @@ class ScannerRecognizer:
     def feed(self, sig: Signal) -> list[Event]:
         """Events for one scanner signal (point ``read``, value = the code)."""
         code = str(sig.value)
-        key = f"read:{sig.source_seq}" if sig.source_seq is not None else (
-            f"msg:{sig.attrs.get('digest', '')}"
-        )
+        key = scanner_source_key(sig)
         occurred = sig.source_time if sig.source_time is not None else sig.receive_time
         if code in self.no_read_codes:
             return [Event.create(

@@ -34,6 +34,9 @@ from gateway.sinks.base import Backoff
 
 log = structlog.get_logger(__name__)
 
+#: Accepted requests after which a batch size halved by 413 is doubled again.
+GROW_AFTER = 100
+
 
 @dataclass(slots=True)
 class _Delivered:
@@ -68,8 +71,13 @@ class HttpSinkStats:
 
 
 def batch_key(rows: list[Row]) -> str:
-    """Idempotency-Key of a batch: a digest of its event ids, so a resend matches."""
-    h = hashlib.sha256()
+    """Idempotency-Key of a batch: a digest of its seq range and event ids.
+
+    A resend of the same batch (after a timeout or a restart) gets the same
+    key; a replayed dead letter is a new row with a new ``seq``, so its key
+    differs from the request that was rejected.
+    """
+    h = hashlib.sha256(f"{rows[0].seq}-{rows[-1].seq}\n".encode())
     for r in rows:
         h.update(r.event_id.encode())
         h.update(b"\n")
@@ -107,6 +115,7 @@ class HttpSink:
         self.routes = frozenset(cfg.routes) if cfg.routes is not None else None
         self.batch_max = cfg.batch_max
         self.batch_limit = cfg.batch_max
+        self._accepted_since_shrink = 0
         self._clock = clock
         self._wall = wall
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
@@ -182,6 +191,7 @@ class HttpSink:
             if isinstance(outcome, _Delivered):
                 dead.extend(outcome.rejected)
                 self.stats.delivered += len(chunk) - len(outcome.rejected)
+                self._grow_back()
             elif isinstance(outcome, _TooLarge):
                 if len(chunk) == 1:
                     dead.append(SinkDeadLetter(
@@ -193,6 +203,7 @@ class HttpSink:
                     self.batch_limit = limit_at_start
                 else:
                     self.batch_limit = max(1, len(chunk) // 2)
+                    self._accepted_since_shrink = 0
                     log.warning("sink_batch_halved", sink=self.id, batch_limit=self.batch_limit)
                     pending.insert(0, chunk)
             else:
@@ -209,6 +220,17 @@ class HttpSink:
             log.warning("sink_dead_letters", sink=self.id, count=len(dead),
                         first_reason=dead[0].reason)
         return dead
+
+    def _grow_back(self) -> None:
+        # A 413 may have come from a passing limit (a proxy being reconfigured):
+        # after GROW_AFTER accepted requests, try twice the batch size again.
+        if self.batch_limit >= self.batch_max:
+            return
+        self._accepted_since_shrink += 1
+        if self._accepted_since_shrink >= GROW_AFTER:
+            self.batch_limit = min(self.batch_max, self.batch_limit * 2)
+            self._accepted_since_shrink = 0
+            log.info("sink_batch_grown", sink=self.id, batch_limit=self.batch_limit)
 
     def _take(self, group: list[Row]) -> tuple[list[Row], list[Row]]:
         """The longest prefix within the batch limit and the body size limit."""

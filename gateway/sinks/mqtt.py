@@ -37,6 +37,8 @@ class MqttSink:
         self._backoff = Backoff(0.2, 10.0)
         self.delivered = 0
         self.republished = 0
+        self.refused = 0
+        self.last_refusal: str | None = None
         self.last_success: float | None = None
 
     def topic(self, row: Row) -> str:
@@ -71,6 +73,9 @@ class MqttSink:
                 await asyncio.wait([inflight[0][1]])
                 self._settle(inflight.popleft(), failed)
             if failed:
+                if self.last_refusal is not None:
+                    log.warning("mqtt_sink_publish_refused", sink=self.id,
+                                error=self.last_refusal, retrying=len(failed))
                 # Republish from the first failure on, in order.
                 first = failed[0].seq
                 done = sum(1 for r in pending if r.seq < first)
@@ -80,13 +85,13 @@ class MqttSink:
                 await asyncio.sleep(self._backoff.next())
                 continue
             self.delivered += len(pending)
+            self.last_refusal = None
             self._backoff.reset()
             self.last_success = time.time()
             pending = []
         return []
 
-    @staticmethod
-    def _settle(item: tuple[Row, asyncio.Future[None]], failed: list[Row]) -> None:
+    def _settle(self, item: tuple[Row, asyncio.Future[None]], failed: list[Row]) -> None:
         row, fut = item
         if not fut.done():
             fut.cancel()
@@ -95,7 +100,8 @@ class MqttSink:
         if fut.cancelled() or fut.exception() is not None:
             exc = None if fut.cancelled() else fut.exception()
             if exc is not None and not isinstance(exc, LinkDown):
-                log.warning("mqtt_sink_publish_failed", error=repr(exc))
+                self.refused += 1
+                self.last_refusal = str(exc)
             failed.append(row)
 
     def snapshot(self) -> dict[str, Any]:
@@ -103,8 +109,15 @@ class MqttSink:
         return {
             "type": "mqtt",
             "broker": self.cfg.broker,
-            "state": "ok" if self.link.connected.is_set() else "disconnected",
-            "alert": None,
+            "state": (
+                "disconnected" if not self.link.connected.is_set()
+                else "refused" if self.last_refusal is not None else "ok"
+            ),
+            "alert": (
+                None if self.last_refusal is None
+                else f"broker refuses publishes: {self.last_refusal}"
+            ),
+            "refused": self.refused,
             "delivered": self.delivered,
             "republished": self.republished,
             "last_error": self.link.last_error,
