@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e import connect_fleet, publish, read_ids_by_scanner, site, start, wait_until
 
 from gateway.events import make_event_id, parse_time
@@ -164,14 +165,14 @@ async def test_unauthorized_pauses_sink_and_resumes_when_token_fixed(
         assert 'wh_sink_paused{sink="wms"} 0' in gw.metrics()
 
 
-async def test_sigkill_during_flood_loses_nothing(tmp_path: Path, broker: MosquittoBroker,
-                                                  wms: WmsSimulator) -> None:
-    rng = random.Random(5050)
+async def _sigkill_chaos(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator,
+                         total: int, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
     with GatewayProcess(site(tmp_path, broker, wms)) as gw:
         await start(gw)
         fleet = connect_fleet(broker, count=4)
-        flood = asyncio.create_task(publish(fleet, 30_000))
-        for _ in range(4):
+        flood = asyncio.create_task(publish(fleet, total))
+        for _ in range(kills):
             await asyncio.sleep(rng.uniform(0.3, 1.5))
             await asyncio.to_thread(gw.kill)
             await asyncio.sleep(rng.uniform(0.0, 0.5))
@@ -179,13 +180,25 @@ async def test_sigkill_during_flood_loses_nothing(tmp_path: Path, broker: Mosqui
         reads = await flood
         fleet.close()
         want = expected_ids(reads)
-        await wait_until(lambda: wms.stats()["unique"] >= len(want), 60, "all events")
+        await wait_until(lambda: wms.stats()["unique"] >= len(want), 120, "all events")
         await asyncio.sleep(1.0)
         stats = wms.stats()
         assert wms.accepted_ids() == want, "lost or foreign events after SIGKILLs"
         # Repeats are only of accepted ids (idempotent), never new ids.
         assert stats["unique"] == len(want)
-        assert gw.starts == 5
+        assert gw.starts == kills + 1
+
+
+async def test_sigkill_during_flood_loses_nothing(tmp_path: Path, broker: MosquittoBroker,
+                                                  wms: WmsSimulator) -> None:
+    await _sigkill_chaos(tmp_path, broker, wms, total=30_000, kills=4, seed=5050)
+
+
+@pytest.mark.soak
+async def test_soak_many_sigkills_during_a_long_flood(
+    tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator
+) -> None:
+    await _sigkill_chaos(tmp_path, broker, wms, total=300_000, kills=25, seed=2026)
 
 
 async def test_store_full_pushes_back_and_loses_no_business_event(
