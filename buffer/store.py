@@ -373,16 +373,7 @@ class Store:
                 if used + total <= self.max_bytes:
                     # Fast path, the common case: everything fits.
                     for unit in units:
-                        for r in unit:
-                            if isinstance(r, Event):
-                                events.append(
-                                    (r.event_id, r.type, int(r.priority), r.device, now, r.body)
-                                )
-                            else:
-                                dead.append(
-                                    (r.device, r.reason, "ingest", r.payload,
-                                     msgpack.packb(r.context, default=str), now)
-                                )
+                        _to_rows(unit, now, events, dead)
                     used += total
                     result.units_committed = len(units)
                 else:
@@ -403,16 +394,7 @@ class Store:
                                 break
                             result.dropped_telemetry += dropped
                             unit = kept
-                        for r in unit:
-                            if isinstance(r, Event):
-                                events.append(
-                                    (r.event_id, r.type, int(r.priority), r.device, now, r.body)
-                                )
-                            else:
-                                dead.append(
-                                    (r.device, r.reason, "ingest", r.payload,
-                                     msgpack.packb(r.context, default=str), now)
-                                )
+                        _to_rows(unit, now, events, dead)
                         used += need
                         result.units_committed += 1
                 fresh: list[tuple[str, str, int, str, float, bytes]] = []
@@ -754,6 +736,21 @@ class Store:
                 "reason": self.open_report.reason,
             },
         }
+
+
+EventRow = tuple[str, str, int, str, float, bytes]
+DeadRow = tuple[str, str, str, bytes, bytes, float]
+
+
+def _to_rows(unit: Sequence[Record], now: float, events: list[EventRow],
+             dead: list[DeadRow]) -> None:
+    """Append one unit's records as table rows."""
+    for r in unit:
+        if isinstance(r, Event):
+            events.append((r.event_id, r.type, int(r.priority), r.device, now, r.body))
+        else:
+            dead.append((r.device, r.reason, "ingest", r.payload,
+                         msgpack.packb(r.context, default=str), now))
 
 
 _INSERT_ROWS: Final = 500

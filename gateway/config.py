@@ -359,34 +359,31 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         raise ConfigError(file, _format(err)) from None
     base = file.parent.resolve()
     problems: list[str] = []
-    sinks: list[Any] = []
-    for i, sink in enumerate(cfg.sinks):
-        if isinstance(sink, HttpSinkConfig) and sink.token_file is not None:
-            resolved = _resolve(base, sink.token_file)
-            assert resolved is not None
+
+    def secret(path: Path | None, where: str, what: str) -> Path | None:
+        resolved = _resolve(base, path)
+        if resolved is not None:
             try:
-                read_secret(resolved, "token")
+                read_secret(resolved, what)
             except ValueError as err:
-                problems.append(f"sinks[{i}].token_file: {err}")
-            sink = sink.model_copy(update={"token_file": resolved})
-        sinks.append(sink)
-    brokers: list[BrokerConfig] = []
-    for i, broker in enumerate(cfg.brokers):
-        if broker.password_file is not None:
-            resolved = _resolve(base, broker.password_file)
-            assert resolved is not None
-            try:
-                read_secret(resolved, "password")
-            except ValueError as err:
-                problems.append(f"brokers[{i}].password_file: {err}")
-            broker = broker.model_copy(update={"password_file": resolved})
-        brokers.append(broker)
-    status_token = _resolve(base, cfg.status.token_file)
-    if status_token is not None:
-        try:
-            read_secret(status_token, "status token")
-        except ValueError as err:
-            problems.append(f"status.token_file: {err}")
+                problems.append(f"{where}: {err}")
+        return resolved
+
+    sinks: list[Any] = [
+        sink.model_copy(update={
+            "token_file": secret(sink.token_file, f"sinks[{i}].token_file", "token")})
+        if isinstance(sink, HttpSinkConfig) else sink
+        for i, sink in enumerate(cfg.sinks)
+    ]
+    brokers = [
+        broker.model_copy(update={
+            "password_file": secret(broker.password_file, f"brokers[{i}].password_file",
+                                    "password"),
+            "ca_file": _resolve(base, broker.ca_file),
+        })
+        for i, broker in enumerate(cfg.brokers)
+    ]
+    status_token = secret(cfg.status.token_file, "status.token_file", "status token")
     if problems:
         raise ConfigError(file, problems)
     store_path = _resolve(base, cfg.store.path)
