@@ -213,6 +213,7 @@ class Store:
         self.used_bytes = self._measure_used()
         self.dedup_window = dedup_window
         self._data_version: int | None = None
+        self._disk_full_logged_at = float("-inf")
         self._recent_ids: deque[str] = deque()
         self._recent_set: set[str] = set()
         for (event_id,) in reversed(self._conn.execute(
@@ -425,7 +426,10 @@ class Store:
                 added += sum(len(d[3]) + ROW_OVERHEAD for d in dead)
         except sqlite3.OperationalError as err:
             if _is_disk_full(err):
-                log.error("store_disk_full", path=str(self.path), error=str(err))
+                now = self._clock()
+                if now - self._disk_full_logged_at >= 60:  # retried every 0.5 s
+                    log.error("store_disk_full", path=str(self.path), error=str(err))
+                    self._disk_full_logged_at = now
                 return AppendResult(full=True)
             raise
         self.used_bytes = self.used_bytes - freed_total + int(added)

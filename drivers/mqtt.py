@@ -180,7 +180,11 @@ class MqttDriver:
             link.ack(mid, generation)
 
         if route is None:
-            # A subscription that overlaps no device (e.g. an old session's): ack, count.
+            # A subscription that matches no device (a device removed from the
+            # config whose subscription lives on in the persistent session).
+            if not self.unrouted:
+                log.warning("mqtt_message_for_unknown_device", topic=msg.topic,
+                            action="acknowledged and dropped; counted in unrouted_messages")
             self.unrouted += 1
             ack()
             return

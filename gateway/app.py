@@ -191,6 +191,7 @@ class Gateway:
             "sinks": sinks,
             "store": store,
             "committer": self.committer.snapshot(),
+            "unrouted_messages": sum(d.unrouted for d in self.drivers),
             "rss_bytes": _rss_bytes(),
         }
 

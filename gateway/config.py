@@ -72,6 +72,8 @@ def parse_duration(value: object) -> float:
 
 ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: A duration that must be above zero (a zero backoff or timeout would spin).
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Identifier = Annotated[str, Field(pattern=_ID_RE)]
 
 
@@ -126,6 +128,12 @@ class BrokerConfig(_Model):
     @classmethod
     def _secrets(cls, data: Any) -> Any:
         return _no_inline_secrets(data, ("password",))
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> BrokerConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file is set but username is not; set both or neither")
+        return self
 
 
 class ScannerFields(_Model):
@@ -187,18 +195,30 @@ class HttpSinkConfig(_SinkBase):
     type: Literal["http"]
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     token_file: Path | None = None
-    timeout: Duration = 10.0
+    timeout: PositiveDuration = 10.0
     max_body_bytes: ByteSize = 4 * 1024**2
-    backoff_initial: Duration = 0.5
-    backoff_max: Duration = 60.0
-    retry_after_max: Duration = 900.0
-    auth_retry: Duration = 30.0
+    backoff_initial: PositiveDuration = 0.5
+    backoff_max: PositiveDuration = 60.0
+    retry_after_max: PositiveDuration = 900.0
+    auth_retry: PositiveDuration = 30.0
     headers: dict[str, str] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any) -> Any:
         return _no_inline_secrets(data, ("token",))
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = {"content-type", "idempotency-key", "authorization", "content-length"}
+        clash = sorted(k for k in v if k.lower() in reserved)
+        if clash:
+            raise ValueError(
+                f"{clash} are set by the gateway and may not be overridden "
+                "(the bearer token comes from token_file)"
+            )
+        return v
 
 
 class MqttSinkConfig(_SinkBase):

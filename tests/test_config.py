@@ -242,6 +242,11 @@ def _token_file_empty(doc: dict[str, Any], folder: Path) -> None:
     doc["sinks"][0]["token_file"] = "secrets/empty.token"
 
 
+def _password_without_username(doc: dict[str, Any], folder: Path) -> None:
+    (folder / "secrets" / "broker.pw").write_text("pw\n")
+    doc["brokers"][0]["password_file"] = "secrets/broker.pw"
+
+
 # (mutation, parts one stderr line must hold; "{dir}" is the config folder)
 ERROR_CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "unknown-key": (
@@ -339,6 +344,22 @@ ERROR_CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "unknown-field-mapping-key": (
         _set("devices", 0, "fields", "barcode", value="x"),
         ("devices[0].fields.barcode", "unknown key"),
+    ),
+    "zero-backoff": (
+        _set("sinks", 0, "backoff_initial", value=0),
+        ("sinks[0].backoff_initial", "greater than 0"),
+    ),
+    "zero-timeout": (
+        _set("sinks", 0, "timeout", value="0s"),
+        ("sinks[0].timeout", "greater than 0"),
+    ),
+    "reserved-header": (
+        _set("sinks", 0, "headers", value={"Authorization": "Bearer x", "X-Site": "east"}),
+        ("sinks[0].headers", "'Authorization'", "may not be overridden"),
+    ),
+    "password-without-username": (
+        _password_without_username,
+        ("brokers[0]", "password_file is set but username is not"),
     ),
 }
 
