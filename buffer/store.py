@@ -56,8 +56,9 @@ from gateway.events import Event, Priority
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION: Final = 1
-#: Bytes counted per row on top of its body: row header, the event id in the
-#: unique index and the b-tree slack. Measured on this schema at ~90 bytes.
+#: Bytes counted per row on top of its body: the row header, the other
+#: columns and b-tree slack. Deliberately generous (a row of this schema
+#: carries about 70 bytes besides its body), so capacity errs on the safe side.
 ROW_OVERHEAD: Final = 100
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]

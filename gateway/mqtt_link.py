@@ -152,7 +152,6 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._misc: asyncio.Task[None] | None = None
         self._pubacks: dict[int, asyncio.Future[None]] = {}
-        self._ever_connected = False
         self._reading_paused = False
         self._sock: Any = None
         self._reported_down = False
@@ -310,7 +309,6 @@ class MqttLink:
         log.info("mqtt_connected", broker=self.broker.id, client_id=self.client_id,
                  session_present=bool(flags.session_present))
         self._reported_down = False
-        self._ever_connected = True
         self._down.clear()
         self.connected.set()
 
