@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m bench spine`` prints one JSON line of figures."""
+"""Benchmarks: ``python -m bench spine`` and ``python -m bench devices`` each print one
+JSON line of figures."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--latency-rate", type=float, default=1000.0)
     s.add_argument("--latency-seconds", type=float, default=20.0)
     s.add_argument("--workdir", default=None)
+    d = sub.add_parser("devices", help="Modbus points/s, OPC UA notifications/s, AMRs per core")
+    from bench import devices
+
+    devices.add_arguments(d)
     args = p.parse_args(argv)
+    if args.name == "devices":
+        return devices.run(args)
     if args.name == "spine":
         from bench.spine import run
 

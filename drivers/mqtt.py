@@ -28,6 +28,7 @@ import structlog
 
 from buffer.service import Backpressure, Committer
 from buffer.store import IngestDeadLetter, Record
+from drivers.base import IngestError
 from gateway.config import BrokerConfig, MqttDevice, ScannerFields
 from gateway.events import Signal, parse_time
 from gateway.mqtt_link import MqttLink
@@ -35,14 +36,7 @@ from gateway.recognizers.scanner import ScannerRecognizer
 
 log = structlog.get_logger(__name__)
 
-
-class IngestError(Exception):
-    """A source message that cannot become a signal; ``kind`` is a stable name."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
+__all__ = ["IngestError", "MqttDriver", "decode_scanner_read"]
 
 
 def _get(doc: dict[str, Any], path: str) -> Any:
@@ -124,6 +118,7 @@ class MqttDriver:
     ) -> None:
         self.site = site
         self.broker = broker
+        self.name = f"driver-{broker.id}"
         self._committer = committer
         self._clock = clock
         self._exact: dict[str, _Route] = {}
@@ -230,7 +225,17 @@ class MqttDriver:
         """Run the broker connection until cancelled."""
         await self.link.run()
 
-    def snapshot(self) -> dict[str, Any]:
+    def ready(self) -> bool:
+        """True while the broker connection is up."""
+        return self.link.connected.is_set()
+
+    def alerts(self) -> list[str]:
+        """The broker being unreachable."""
+        if self.link.connected.is_set():
+            return []
+        return [f"broker {self.broker.id} unavailable: {self.link.last_error}"]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
         now = self._clock()
         devices = {}

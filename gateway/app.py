@@ -23,7 +23,8 @@ import structlog
 
 from buffer.service import Committer, StoreService
 from buffer.store import Store
-from drivers.mqtt import MqttDriver
+from drivers import build_drivers
+from drivers.base import Driver
 from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
 from gateway.forwarder import Forwarder
 from gateway.sinks import HttpSink, MqttSink, Sink
@@ -52,11 +53,7 @@ class Gateway:
                 self.sinks.append(HttpSink(sc))
             elif isinstance(sc, MqttSinkConfig):
                 self.sinks.append(MqttSink(sc, brokers[sc.broker], cfg.site.id))
-        self.drivers: list[MqttDriver] = []
-        for broker in cfg.brokers:
-            devices = [d for d in cfg.devices if d.broker == broker.id]
-            if devices:
-                self.drivers.append(MqttDriver(cfg.site.id, broker, devices, self.committer))
+        self.drivers: list[Driver] = build_drivers(cfg, self.committer)
         self.forwarders: list[Forwarder] = []
         self.store_stats: dict[str, Any] = {}
         self.ready = asyncio.Event()
@@ -91,7 +88,7 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 commit_task = tg.create_task(self.committer.run(), name="committer")
                 driver_tasks = [
-                    tg.create_task(d.run(), name=f"driver-{d.broker.id}") for d in self.drivers
+                    tg.create_task(d.run(), name=d.name) for d in self.drivers
                 ]
                 others = [tg.create_task(s.run(), name=f"sink-{s.id}") for s in self.sinks]
                 others += [
@@ -141,7 +138,7 @@ class Gateway:
 
     async def _readiness(self) -> None:
         while True:
-            ok = all(d.link.connected.is_set() for d in self.drivers)
+            ok = all(d.ready() for d in self.drivers)
             if ok and not self.stopping:
                 self.ready.set()
             else:
@@ -173,8 +170,7 @@ class Gateway:
         if self.committer.full:
             alerts.append("store full: sources are being held back")
         for d in self.drivers:
-            if not d.link.connected.is_set():
-                alerts.append(f"broker {d.broker.id} unavailable: {d.link.last_error}")
+            alerts.extend(d.alerts())
         report = store.get("open_report", {})
         if report.get("corrupt"):
             alerts.append(
@@ -191,7 +187,7 @@ class Gateway:
             "sinks": sinks,
             "store": store,
             "committer": self.committer.snapshot(),
-            "unrouted_messages": sum(d.unrouted for d in self.drivers),
+            "unrouted_messages": sum(getattr(d, "unrouted", 0) for d in self.drivers),
             "rss_bytes": _rss_bytes(),
         }
 

@@ -9,96 +9,43 @@ key path and what was expected.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from drivers.modbus.config import ModbusDevice
+from drivers.opcua.config import OpcuaDevice
+from drivers.vda5050.config import Vda5050Device
+from gateway.config_base import (
+    ByteSize,
+    Duration,
+    Identifier,
+    Model,
+    PositiveDuration,
+    no_inline_secrets,
+    parse_bytes,
+    parse_duration,
+)
 from gateway.events import EVENT_TYPES
 
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_DUR_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+__all__ = [
+    "BrokerConfig", "ByteSize", "ConfigError", "Device", "Duration", "GatewayConfig",
+    "HttpSinkConfig", "Identifier", "ModbusDevice", "MqttDevice", "MqttSinkConfig",
+    "OpcuaDevice", "PositiveDuration", "ScannerFields", "Vda5050Device", "load_config",
+    "parse_bytes", "parse_config", "parse_duration", "read_secret",
+]
 
 
-def parse_bytes(value: object) -> int:
-    """Parse ``2 GiB``, ``500 MB``, ``1048576`` into bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 2 GiB or 500 MB")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("a size must be positive")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m and m.group(2).lower() in _UNITS:
-            n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-            if n > 0:
-                return n
-    raise ValueError(f"expected a size such as 2 GiB or 500 MB, got {value!r}")
-
-
-def parse_duration(value: object) -> float:
-    """Parse ``250ms``, ``5s``, ``2m``, ``1h``, ``1d`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 5s or 250ms")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration may not be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DUR_RE.match(value)
-        if m:
-            unit = m.group(2).lower() if m.group(2) else None
-            return float(m.group(1)) * _DUR_UNITS[unit]
-    raise ValueError(f"expected a duration such as 5s, 250ms or 2m, got {value!r}")
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-#: A duration that must be above zero (a zero backoff or timeout would spin).
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Identifier = Annotated[str, Field(pattern=_ID_RE)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _no_inline_secrets(data: Any, keys: tuple[str, ...]) -> Any:
-    if isinstance(data, dict):
-        for key in keys:
-            if key in data:
-                raise ValueError(
-                    f"'{key}' may not be written in the config file; put the secret in a "
-                    f"file readable only by the gateway and set '{key}_file' to its path"
-                )
-    return data
-
-
-class SiteConfig(_Model):
+class SiteConfig(Model):
     """The site this gateway serves."""
 
     id: Identifier
 
 
-class StoreConfig(_Model):
+class StoreConfig(Model):
     """The SQLite store-and-forward buffer."""
 
     path: Path
@@ -109,7 +56,7 @@ class StoreConfig(_Model):
     retention: Duration = 0.0
 
 
-class BrokerConfig(_Model):
+class BrokerConfig(Model):
     """An MQTT broker the gateway connects to (sources and sinks share it)."""
 
     id: Identifier
@@ -127,7 +74,7 @@ class BrokerConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any) -> Any:
-        return _no_inline_secrets(data, ("password",))
+        return no_inline_secrets(data, ("password",))
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> BrokerConfig:
@@ -136,7 +83,7 @@ class BrokerConfig(_Model):
         return self
 
 
-class ScannerFields(_Model):
+class ScannerFields(Model):
     """Where a scanner's JSON payload keeps each field (dotted paths allowed)."""
 
     code: str = "code"
@@ -145,7 +92,7 @@ class ScannerFields(_Model):
     symbology: str | None = "symbology"
 
 
-class MqttDevice(_Model):
+class MqttDevice(Model):
     """A device read over MQTT (today: barcode scanners publishing JSON reads)."""
 
     id: Identifier
@@ -169,10 +116,15 @@ class MqttDevice(_Model):
         return v
 
 
-Device = MqttDevice
+#: The device plugin registry: ``driver`` picks the model (and the driver).
+Device = Annotated[
+    MqttDevice | ModbusDevice | OpcuaDevice | Vda5050Device, Field(discriminator="driver")
+]
+DEVICE_TAGS = ("mqtt", "modbus", "opcua", "vda5050")
+SINK_TAGS = ("http", "mqtt")
 
 
-class _SinkBase(_Model):
+class _SinkBase(Model):
     id: Identifier
     routes: list[str] | None = None
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
@@ -206,7 +158,7 @@ class HttpSinkConfig(_SinkBase):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any) -> Any:
-        return _no_inline_secrets(data, ("token",))
+        return no_inline_secrets(data, ("token",))
 
     @field_validator("headers")
     @classmethod
@@ -234,7 +186,7 @@ class MqttSinkConfig(_SinkBase):
 Sink = Annotated[HttpSinkConfig | MqttSinkConfig, Field(discriminator="type")]
 
 
-class StatusConfig(_Model):
+class StatusConfig(Model):
     """The local status page and operations API."""
 
     enabled: bool = True
@@ -243,14 +195,14 @@ class StatusConfig(_Model):
     token_file: Path | None = None
 
 
-class LogConfig(_Model):
+class LogConfig(Model):
     """Logging."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(Model):
     """The whole site configuration."""
 
     site: SiteConfig
@@ -276,7 +228,7 @@ class GatewayConfig(_Model):
                 seen.setdefault(item.id, i)
         brokers = {b.id for b in self.brokers}
         for i, dev in enumerate(self.devices):
-            if dev.broker not in brokers:
+            if isinstance(dev, MqttDevice | Vda5050Device) and dev.broker not in brokers:
                 problems.append(
                     f"devices[{i}].broker: no broker with id {dev.broker!r}; "
                     f"defined: {sorted(brokers) or 'none'}"
@@ -306,7 +258,10 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i == 2 and loc[0] in ("sinks", "devices") and part in ("http", "mqtt"):
+        elif i == 2 and (
+            (loc[0] == "sinks" and part in SINK_TAGS)
+            or (loc[0] == "devices" and part in DEVICE_TAGS)
+        ):
             continue  # the discriminator tag pydantic puts in the path
         elif part.startswith("function-") or part.endswith("]"):
             continue
@@ -324,6 +279,16 @@ def _format(err: ValidationError) -> list[str]:
             msg = "unknown key (not part of the configuration schema)"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = e.get("ctx", {})
+            key = ctx.get("discriminator", "").strip("'")
+            where = f"{where}.{key}"
+            tags = DEVICE_TAGS if e["loc"][0] == "devices" else SINK_TAGS
+            expected = ", ".join(repr(t) for t in tags)
+            if e["type"] == "union_tag_not_found":
+                msg = f"required key is missing; expected one of {expected}"
+            else:
+                msg = f"unknown {key} {ctx.get('tag')!r}; expected one of {expected}"
         elif e["type"] != "value_error" and "input" in e and not isinstance(
             e["input"], dict | list
         ):
@@ -403,6 +368,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         })
         for i, broker in enumerate(cfg.brokers)
     ]
+    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, problems)
+               for i, dev in enumerate(cfg.devices)]
     status_token = secret(cfg.status.token_file, "status.token_file", "status token")
     if problems:
         raise ConfigError(file, problems)
@@ -411,7 +378,36 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         update={
             "sinks": sinks,
             "brokers": brokers,
+            "devices": devices,
             "store": cfg.store.model_copy(update={"path": store_path}),
             "status": cfg.status.model_copy(update={"token_file": status_token}),
         }
     )
+
+
+#: Device fields holding a secret (read and checked as one at load time).
+_SECRET_FILES = {"password_file": "password", "token_file": "token"}
+
+
+def _resolve_device_files(
+    dev: Any, where: str, base: Path,
+    secret: Callable[[Path | None, str, str], Path | None], problems: list[str],
+) -> Any:
+    """Resolve every ``*_file`` path of a device against the config's folder.
+
+    Secrets must be readable and non-empty; other files (certificates, keys)
+    must exist. Each problem names the key path.
+    """
+    updates: dict[str, Any] = {}
+    for name in type(dev).model_fields:
+        value = getattr(dev, name)
+        if not name.endswith("_file") or not isinstance(value, Path):
+            continue
+        if name in _SECRET_FILES:
+            updates[name] = secret(value, f"{where}.{name}", _SECRET_FILES[name])
+            continue
+        resolved = _resolve(base, value)
+        updates[name] = resolved
+        if resolved is not None and not resolved.is_file():
+            problems.append(f"{where}.{name}: file {str(resolved)!r} does not exist")
+    return dev.model_copy(update=updates) if updates else dev

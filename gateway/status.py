@@ -98,12 +98,13 @@ def render_metrics(snap: dict[str, Any]) -> str:
             for s, v in sinks.items()])
     devices = snap["devices"]
     metric("wh_device_connected", "gauge", "1 while the device's connection is up",
-           [(f'{{device="{_label(d)}"}}', int(v["connected"])) for d, v in devices.items()])
+           [(f'{{device="{_label(d)}"}}', int(bool(v.get("connected"))))
+            for d, v in devices.items()])
     metric("wh_device_messages_total", "counter", "Messages received from a device",
-           [(f'{{device="{_label(d)}"}}', v["messages"]) for d, v in devices.items()])
+           [(f'{{device="{_label(d)}"}}', v.get("messages", 0)) for d, v in devices.items()])
     metric("wh_ingest_errors_total", "counter", "Source messages that could not become signals",
            [(f'{{device="{_label(d)}",kind="{_label(k)}"}}', n)
-            for d, v in devices.items() for k, n in v["ingest_errors"].items()])
+            for d, v in devices.items() for k, n in v.get("ingest_errors", {}).items()])
     metric("wh_process_rss_bytes", "gauge", "Resident memory of the gateway",
            [("", snap["rss_bytes"])])
     return "\n".join(out) + "\n"

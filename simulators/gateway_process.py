@@ -46,6 +46,8 @@ class SiteConfig:
     store_extra: dict[str, Any] = field(default_factory=dict)
     broker_extra: dict[str, Any] = field(default_factory=dict)
     status_port: int = 0
+    #: TOML appended verbatim (device tables of other drivers, e.g. Modbus).
+    extra_toml: str = ""
 
     def render(self) -> str:
         """The TOML text."""
@@ -104,6 +106,8 @@ class SiteConfig:
                 'type = "mqtt"',
                 f'broker = "{sink_broker}"',
             ]
+        if self.extra_toml:
+            lines += ["", self.extra_toml.strip()]
         port = self.status_port or free_port()
         self.status_port = port
         lines += ["", "[status]", f"port = {port}", "", "[log]", 'format = "json"']

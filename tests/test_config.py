@@ -327,7 +327,16 @@ ERROR_CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     ),
     "unknown-sink-type": (
         _set("sinks", 0, "type", value="ftp"),
-        ("sinks[0]", "'ftp'", "expected tags", "'http'", "'mqtt'"),
+        ("sinks[0].type", "unknown type 'ftp'", "expected one of 'http', 'mqtt'"),
+    ),
+    "unknown-device-driver": (
+        _set("devices", 0, "driver", value="profinet"),
+        ("devices[0].driver", "unknown driver 'profinet'",
+         "expected one of 'mqtt', 'modbus', 'opcua', 'vda5050'"),
+    ),
+    "key-of-another-driver": (
+        _set("devices", 0, "endpoint", value="opc.tcp://127.0.0.1:4840"),
+        ("devices[0].endpoint", "unknown key"),
     ),
     "bad-sink-url": (
         _set("sinks", 0, "url", value="wms.example.internal"),

@@ -1,0 +1,116 @@
+"""What the gateway needs from a driver, and the pieces every driver shares.
+
+A driver owns the connection(s) to one or more devices, turns what it reads
+into signals, feeds them to the device's recognizer and hands the resulting
+records to the ``Committer``. It never raises out of ``run`` for a device
+fault: faults are counted, logged once, shown in ``snapshot``/``alerts``, and
+the driver reconnects on its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from buffer.store import IngestDeadLetter
+
+log = structlog.get_logger(__name__)
+
+
+class Driver(Protocol):
+    """A running driver, as the gateway process sees it."""
+
+    #: Task name, e.g. ``modbus-conveyor-1`` (unique in the process).
+    name: str
+
+    async def run(self) -> None:
+        """Read devices until cancelled; reconnect on faults, never raise for them."""
+
+    def pause(self) -> None:
+        """Stop taking new input (shutdown step 1); what was taken still commits."""
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-device figures for the status API, keyed by device id."""
+        ...
+
+    def alerts(self) -> list[str]:
+        """Problems a site engineer should see now (e.g. a device unavailable)."""
+        ...
+
+    def ready(self) -> bool:
+        """True when the gateway's own links are up (an MQTT broker connection).
+
+        A field device being unavailable is an alert, not unreadiness: the
+        gateway still serves every other device. Polling drivers return True.
+        """
+        ...
+
+
+class IngestError(Exception):
+    """A device value that cannot become a signal; ``kind`` is a stable snake_case name."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class IngestErrors:
+    """Counts bad input per (device, kind), logs each pair once, builds dead letters."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def record(self, device: str, err: IngestError, **log_fields: Any) -> None:
+        """Count one bad input (log it the first time this device has this kind)."""
+        key = (device, err.kind)
+        if key not in self.counts:
+            log.warning("ingest_rejected", device=device, kind=err.kind, detail=err.detail,
+                        **log_fields)
+        self.counts[key] += 1
+
+    def dead_letter(self, device: str, err: IngestError, payload: bytes,
+                    context: Mapping[str, Any]) -> IngestDeadLetter:
+        """Count it and keep the raw input whole as an ingest dead letter."""
+        self.record(device, err, **{k: v for k, v in context.items() if k in ("topic", "point")})
+        return IngestDeadLetter(device=device, reason=f"{err.kind}: {err.detail}",
+                                payload=bytes(payload), context=dict(context))
+
+    def for_device(self, device: str) -> dict[str, int]:
+        """Counts by kind for one device."""
+        return {k: n for (d, k), n in self.counts.items() if d == device}
+
+
+class Availability:
+    """"Log when unavailable": one warning when a device goes away, one info when back."""
+
+    def __init__(self, device: str, driver: str) -> None:
+        self.device = device
+        self.driver = driver
+        self.available = False
+        self.ever_connected = False
+        self.last_error: str | None = None
+        self.outages = 0
+
+    def up(self, **fields: Any) -> None:
+        """The device answers."""
+        if not self.available:
+            if self.ever_connected:
+                log.info("device_available", device=self.device, driver=self.driver, **fields)
+            else:
+                log.info("device_connected", device=self.device, driver=self.driver, **fields)
+            self.available = True
+            self.ever_connected = True
+            self.last_error = None
+
+    def down(self, error: str, **fields: Any) -> None:
+        """The device does not answer (or the connection failed); logs only on a change."""
+        self.last_error = error
+        if self.available or (not self.ever_connected and self.outages == 0):
+            log.warning("device_unavailable", device=self.device, driver=self.driver,
+                        error=error, **fields)
+            self.outages += 1
+        self.available = False
