@@ -1,8 +1,11 @@
 """``warehouse-gateway demo``: a whole simulated site on this machine.
 
 Starts Mosquitto (own config, free port), the WMS simulator, a fleet of
-barcode scanners and the gateway with an embedded default config, prints
-where each one listens, and runs until Ctrl-C (or ``--duration``).
+barcode scanners, two conveyor PLCs (Modbus TCP), a sorter with its induct
+reader (OPC UA), a fleet of AMRs (VDA 5050 over MQTT) and the gateway with an
+embedded default config, prints where each one listens, and runs until Ctrl-C
+(or ``--duration``). Device simulators run as child processes, as they would
+be separate machines on a real site.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -28,9 +35,48 @@ from gateway.logs import configure_logging
 log = structlog.get_logger(__name__)
 
 
+SORTER_DEVICE = """
+[[devices]]
+id = "sorter-1"
+driver = "opcua"
+role = "sorter"
+endpoint = "opc.tcp://127.0.0.1:{port}/"
+induct = "INDUCT-1"
+location = "INDUCT-1"
+
+[[devices.events]]
+kind = "divert_confirm"
+source = "ns=2;s=Sorter"
+type = "ns=2;s=DivertConfirmEventType"
+
+[[devices.events]]
+kind = "scan"
+source = "nsu=urn:warehouse-gateway:sorter-sim:model;s=InductReader"
+type = "nsu=urn:warehouse-gateway:sorter-sim:model;s=AutoIdScanEventType"
+
+[[devices.nodes]]
+node = "ns=2;s=Sorter.State"
+point = "state"
+kind = "status"
+
+[[devices.nodes]]
+node = "ns=2;s=Sorter.Counters.Total"
+point = "counter.total"
+"""
+
+AMR_DEVICE = """
+[[devices]]
+id = "amr-fleet"
+driver = "vda5050"
+broker = "site"
+manufacturer = "SimRobotics"
+"""
+
+
 def demo_config_text(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
-                     scanners: int) -> str:
-    """The demo's config file, with scanner devices appended."""
+                     scanners: int, conveyor_ports: list[int] | None = None,
+                     sorter_port: int | None = None, amrs: bool = False) -> str:
+    """The demo's config file, with the simulated devices appended."""
     template = resources.files("gateway").joinpath("demo.toml").read_text("utf-8")
     text = (template.replace("{store_path}", str(store_path))
             .replace("{broker_port}", str(broker_port))
@@ -42,7 +88,71 @@ def demo_config_text(*, store_path: Path, broker_port: int, wms_url: str, status
             f'broker = "site"\ntopic = "site/DC-EAST-1/scanners/scan-{i:02d}/reads"\n'
             f'location = "INDUCT-{i}"\n'
         )
+    if conveyor_ports:
+        from simulators.conveyor_plc import gateway_device_toml
+
+        for i, port in enumerate(conveyor_ports, start=1):
+            text += "\n" + gateway_device_toml(f"conveyor-{i:02d}", port, poll_interval="200ms")
+    if sorter_port is not None:
+        text += SORTER_DEVICE.replace("{port}", str(sorter_port))
+    if amrs:
+        text += AMR_DEVICE
     return text
+
+
+class ChildSimulator:
+    """``python -m simulators <name>`` as a child process with its own log file."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "simulators", name, *args],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
+
+    def wait_for_line(self, event: str, timeout: float = 30.0) -> dict[str, object]:
+        """The first JSON log line whose ``event`` is ``event``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} simulator exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}")
+            with contextlib.suppress(OSError):
+                for line in self.log_path.read_text("utf-8", errors="replace").splitlines():
+                    with contextlib.suppress(ValueError):
+                        doc = json.loads(line)
+                        if isinstance(doc, dict) and doc.get("event") == event:
+                            return doc
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} simulator did not log {event!r}; see {self.log_path}")
+
+    def wait_listening(self, port: int, timeout: float = 30.0) -> None:
+        """Wait until ``port`` on loopback accepts connections."""
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} simulator exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} simulator not listening on {port}; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -65,7 +175,7 @@ def _say(text: str) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> None:
-    from simulators.broker import MosquittoBroker
+    from simulators.broker import MosquittoBroker, free_port
     from simulators.scanners import ScannerFleet
     from simulators.wms import WmsSimulator
 
@@ -80,9 +190,41 @@ async def _demo(args: argparse.Namespace) -> None:
     await asyncio.to_thread(broker.start)
     wms = WmsSimulator(port=args.wms_port)
     await wms.start()
+    children: list[ChildSimulator] = []
+    conveyor_ports: list[int] = []
+    sorter_port: int | None = None
+    try:
+        if args.conveyors:
+            conv = ChildSimulator("conveyor", [
+                "--port", "0", "--control-port", "0", "--count", str(args.conveyors),
+                "--tote-rate", "1", "--jam-rate", "0.01", "--jam-clear", "8",
+            ], data / "conveyor.log")
+            children.append(conv)
+            line = await asyncio.to_thread(conv.wait_for_line, "conveyor_simulator_listening")
+            ports = line["ports"]
+            conveyor_ports = [int(p) for p in ports] if isinstance(ports, list) else []
+        if args.sorter:
+            sorter_port = free_port()
+            sorter = ChildSimulator("sorter", [
+                "--port", str(sorter_port), "--rate", "2", "--state", str(data / "sorter"),
+            ], data / "sorter.log")
+            children.append(sorter)
+            await asyncio.to_thread(sorter.wait_listening, sorter_port)
+        if args.amrs:
+            children.append(ChildSimulator("amr", [
+                "--port", str(broker.port), "--count", str(args.amrs), "--standalone",
+                "--state-interval", "5", "--fail-rate", "0.03",
+            ], data / "amr.log"))
+    except BaseException:
+        for child in children:
+            child.stop()
+        await wms.stop()
+        await asyncio.to_thread(broker.stop)
+        raise
     text = demo_config_text(store_path=data / "buffer.db", broker_port=broker.port,
                             wms_url=wms.url, status_port=args.status_port,
-                            scanners=args.scanners)
+                            scanners=args.scanners, conveyor_ports=conveyor_ports,
+                            sorter_port=sorter_port, amrs=bool(args.amrs))
     await asyncio.to_thread((data / "gateway.toml").write_text, text, encoding="utf-8")
     cfg = parse_config(tomllib.loads(text), data / "gateway.toml")
     gateway = Gateway(cfg)
@@ -108,6 +250,13 @@ async def _demo(args: argparse.Namespace) -> None:
         _say(f"  WMS simulator   {wms.url}  (stats: http://127.0.0.1:{wms.control_port}/stats)")
         _say(f"  scanners        {args.scanners} publishing {args.rate}/s to "
              "site/DC-EAST-1/scanners/<id>/reads")
+        if conveyor_ports:
+            _say(f"  conveyors       {len(conveyor_ports)} Modbus TCP PLCs on 127.0.0.1:"
+                 f"{','.join(map(str, conveyor_ports))}")
+        if sorter_port is not None:
+            _say(f"  sorter          OPC UA opc.tcp://127.0.0.1:{sorter_port}/")
+        if args.amrs:
+            _say(f"  AMRs            {args.amrs} VDA 5050 vehicles on the broker (uagv/v2/...)")
         _say(f"  config, store   {data}")
         _say("  Ctrl-C stops everything.")
         _say("")
@@ -126,6 +275,8 @@ async def _demo(args: argparse.Namespace) -> None:
         stats = wms.stats()
         _say(f"demo stopped: WMS accepted {stats['unique']} unique events "
              f"({stats['duplicates']} duplicates) from {fleet.published} scanner messages")
+        for child in children:
+            await asyncio.to_thread(child.stop)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         if own_dir:

@@ -1,0 +1,1 @@
+"""opcua driver."""
