@@ -1,0 +1,125 @@
+"""Modbus points read per second: 50 simulated conveyor PLCs polled by the gateway.
+
+Everything is real and on loopback: the conveyor simulator (one process, one
+pymodbus server per PLC on its own port), the WMS simulator and the gateway
+process, whose ``ModbusDriver`` tasks (one per PLC, one connection each)
+poll the full register map of ``python -m simulators conveyor`` with 16 zones
+(coils, discrete inputs, holding and input registers, the 12-slot tracking
+ring: 5 requests and 97 points per poll) as fast as ``poll_interval`` allows,
+while the lines move totes and the events go to the store and the WMS.
+
+``modbus_points_per_s`` counts decoded points: every point of every
+completed poll (changed or not), summed over the devices' ``points_read``
+in the gateway's ``/api/status``, over a steady window. Also reported:
+polls and requests per second, the gateway's and the simulator's CPU
+(percent of one core), events accepted by the WMS per second, and the
+median poll time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.spine import WmsProcess
+from simulators.broker import free_port
+from simulators.conveyor_plc import gateway_device_toml
+from simulators.gateway_process import GatewayProcess, SiteConfig
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _start_simulator(workdir: Path, count: int, zones: int, tote_rate: float
+                     ) -> tuple[subprocess.Popen[bytes], list[int]]:
+    out = workdir / "conveyor-sim.log"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulators", "conveyor", "--count", str(count), "--port", "0",
+             "--control-port", "0", "--zones", str(zones), "--tote-rate", str(tote_rate)],
+            stdout=f, stderr=subprocess.STDOUT, cwd=_ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"conveyor simulator exited: {out.read_text()[-2000:]}")
+        for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
+            if '"conveyor_simulator_listening"' in line:
+                ports: list[int] = json.loads(line)["ports"]
+                return proc, ports
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("conveyor simulator did not start")
+
+
+def _totals(gw: GatewayProcess) -> tuple[int, int, int]:
+    devices = gw.status()["devices"]
+    mb = [d for d in devices.values() if d.get("driver") == "modbus"]
+    return (sum(d["points_read"] for d in mb), sum(d["polls"] for d in mb),
+            sum(d["requests"] for d in mb))
+
+
+def measure(workdir: Path, *, devices: int = 50, seconds: float = 15.0,
+            poll_interval: str = "20ms", zones: int = 16, tote_rate: float = 1.0,
+            warmup: float = 4.0, **_: Any) -> dict[str, float | int]:
+    """Run the measurement in ``workdir``; returns the figures (see the module doc)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sim, ports = _start_simulator(workdir, devices, zones, tote_rate)
+    wms = WmsProcess(free_port(), free_port(), keep_events=10_000)
+    try:
+        wms.start()
+        extra = "\n".join(
+            gateway_device_toml(f"conveyor-{n:02d}", port, poll_interval=poll_interval,
+                                zones=zones, extra={"counter_report_interval": "5s"})
+            for n, port in enumerate(ports, 1))
+        cfg = SiteConfig(workdir=workdir / "gw", broker_port=free_port(), wms_url=wms.url,
+                         scanners=0, synchronous="NORMAL", extra_toml=extra)
+        with GatewayProcess(cfg) as gw:
+            gw.start(timeout=60)
+            assert gw.proc is not None
+            time.sleep(warmup)
+            p0, n0, r0 = _totals(gw)
+            e0 = wms.stats()["unique"]
+            c0, s0, t0 = _cpu_seconds(gw.proc.pid), _cpu_seconds(sim.pid), time.monotonic()
+            time.sleep(seconds)
+            p1, n1, r1 = _totals(gw)
+            e1 = wms.stats()["unique"]
+            c1, s1, t1 = _cpu_seconds(gw.proc.pid), _cpu_seconds(sim.pid), time.monotonic()
+            status = gw.status()
+            mb = [d for d in status["devices"].values() if d.get("driver") == "modbus"]
+            connected = sum(1 for d in mb if d["connected"])
+            poll_ms = sorted(d["last_poll_ms"] for d in mb)
+            gw.stop()
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        wms.stop()
+    dt = t1 - t0
+    return {
+        "modbus_points_per_s": round((p1 - p0) / dt),
+        "modbus_polls_per_s": round((n1 - n0) / dt, 1),
+        "modbus_requests_per_s": round((r1 - r0) / dt),
+        "modbus_devices": devices,
+        "modbus_devices_connected": connected,
+        "modbus_points_per_poll": mb[0]["points_per_poll"] if mb else 0,
+        "modbus_poll_ms_median": poll_ms[len(poll_ms) // 2] if poll_ms else 0.0,
+        "modbus_events_per_s": round((e1 - e0) / dt, 1),
+        "modbus_gateway_cpu_pct": round(100 * (c1 - c0) / dt, 1),
+        "modbus_simulator_cpu_pct": round(100 * (s1 - s0) / dt, 1),
+    }
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    print(json.dumps(measure(Path(tempfile.mkdtemp(prefix="bench-modbus-")))))

@@ -1,0 +1,92 @@
+"""``warehouse-gateway demo``: the README's first command brings up a whole site.
+
+Runs the demo as a real process (Mosquitto, WMS, scanners, conveyor PLCs over
+Modbus, the OPC UA sorter, VDA 5050 AMRs and the gateway) and checks that every
+kind of device is connected and its events reach the WMS, then that Ctrl-C
+stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from simulators.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = cond()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
+    status_port = free_port()
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", "--status-port", str(status_port),
+             "--data-dir", str(tmp_path / "site"), "--amrs", "3", "--duration", "120"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        banner = _wait(lambda: re.search(r"stats: http://127\.0\.0\.1:(\d+)/stats",
+                                         out_path.read_text("utf-8", errors="replace")),
+                       60, "the demo banner")
+        control = f"http://127.0.0.1:{banner.group(1)}"
+        status = f"http://127.0.0.1:{status_port}/api/status"
+
+        def all_connected() -> dict[str, Any] | None:
+            devices: dict[str, Any] = _get(status)["devices"]
+            return devices if devices and all(d.get("connected") for d in devices.values()) \
+                else None
+
+        devices = _wait(all_connected, 30, "every demo device connected")
+        drivers = {d["driver"] for d in devices.values()}
+        assert drivers == {"mqtt", "modbus", "opcua", "vda5050"}
+
+        def seen() -> set[tuple[str, str]]:
+            page = _get(f"{control}/events?limit=10000")["events"]
+            return {(r["event"]["device"], r["event"]["type"]) for r in page}
+
+        def complete() -> set[tuple[str, str]] | None:
+            got = seen()
+            want = {("scan-01", "scan"), ("conveyor-01", "move"), ("sorter-1", "move"),
+                    ("amr-fleet", "pick")}
+            return got if want <= got else None
+
+        got = _wait(complete, 60, "scan, conveyor move, sorter move and AMR pick at the WMS")
+        assert ("amr-fleet", "device_status") not in got  # telemetry is not routed to the WMS
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    text = out_path.read_text("utf-8", errors="replace")
+    assert code == 0, text[-3000:]
+    assert "demo stopped: WMS accepted" in text
+    assert "Traceback" not in text
