@@ -101,7 +101,8 @@ def render_metrics(snap: dict[str, Any]) -> str:
            [(f'{{device="{_label(d)}"}}', int(bool(v.get("connected"))))
             for d, v in devices.items()])
     metric("wh_device_messages_total", "counter", "Messages received from a device",
-           [(f'{{device="{_label(d)}"}}', v.get("messages", 0)) for d, v in devices.items()])
+           [(f'{{device="{_label(d)}"}}', _count(v.get("messages", 0)))
+            for d, v in devices.items()])
     metric("wh_ingest_errors_total", "counter", "Source messages that could not become signals",
            [(f'{{device="{_label(d)}",kind="{_label(k)}"}}', n)
             for d, v in devices.items() for k, n in v.get("ingest_errors", {}).items()])
@@ -218,3 +219,10 @@ async def serve_status(gw: Gateway) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def _count(value: object) -> int:
+    """A message count: a number, or the sum of a per-topic table of numbers."""
+    if isinstance(value, dict):
+        return sum(n for n in value.values() if isinstance(n, int))
+    return value if isinstance(value, int) else 0

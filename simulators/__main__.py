@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from simulators import scanners, wms
+from simulators import amr, conveyor, scanners, sorter, wms
 
 
 class SimulatorCommand(Protocol):
@@ -30,6 +30,9 @@ class SimulatorCommand(Protocol):
 SIMULATORS: dict[str, SimulatorCommand] = {
     "wms": wms,
     "scanners": scanners,
+    "sorter": sorter,
+    "amr": amr,
+    "conveyor": conveyor,
 }
 
 

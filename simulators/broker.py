@@ -49,6 +49,17 @@ def find_mosquitto() -> str:
     )
 
 
+def _raise_open_files_limit() -> None:
+    # Mosquitto needs one descriptor per client; a soft limit of 1024 would
+    # stop a fleet of a thousand simulated AMRs. Raise it to the hard limit.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that was free a moment ago."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -188,6 +199,7 @@ class MosquittoBroker:
                 stdout=err,
                 stderr=subprocess.STDOUT,
                 cwd=self._workdir,
+                preexec_fn=_raise_open_files_limit,
             )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:

@@ -78,6 +78,15 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
 
         got = _wait(complete, 60, "scan, conveyor move, sorter move and AMR pick at the WMS")
         assert ("amr-fleet", "device_status") not in got  # telemetry is not routed to the WMS
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        sample = re.compile(r'^wh_[a-z_]+(\{[^{}]*\})? -?[0-9][0-9.e+-]*$')
+        bad = [line for line in metrics.splitlines()
+               if line and not line.startswith("#") and not sample.match(line)]
+        assert bad == [], bad
+        for dev in devices:
+            assert f'wh_device_messages_total{{device="{dev}"}}' in metrics
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

@@ -1,0 +1,74 @@
+"""Config model of a VDA 5050 AMR fleet on an MQTT broker — ``driver = "vda5050"``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config_base import ByteSize, Identifier, Model
+
+#: The VDA 5050 topics the gateway reads: ``<interface>/<major>/<manufacturer>/<serial>/<topic>``.
+TOPICS = ("state", "connection", "order", "instantActions")
+
+# One MQTT topic level: no wildcards, no separators, not empty.
+_LEVEL = r"^[^/+#\x00]+$"
+
+
+class Vda5050Device(Model):
+    """An AMR fleet (one or more vehicles) speaking VDA 5050 over MQTT.
+
+    Without ``manufacturer`` and ``serial_numbers`` the fleet is every vehicle
+    publishing under ``<interface_name>/<major_version>/``; either narrows it.
+    """
+
+    id: Identifier
+    driver: Literal["vda5050"]
+    role: Literal["amr"] = "amr"
+    broker: Identifier
+    interface_name: Annotated[str, Field(pattern=_LEVEL)] = "uagv"
+    major_version: Annotated[str, Field(pattern=r"^v[0-9]+$")] = "v2"
+    manufacturer: Annotated[str, Field(pattern=_LEVEL)] | None = None
+    serial_numbers: list[Annotated[str, Field(pattern=_LEVEL)]] = []
+    pick_actions: list[str] = ["pick"]
+    drop_actions: list[str] = ["drop"]
+    station_parameter: str = "stationName"
+    load_parameter: str = "loadId"
+    max_vehicles: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    max_payload_bytes: Annotated[ByteSize, Field(ge=256, le=16 * 1024 * 1024)] = 1024 * 1024
+
+    @field_validator("serial_numbers")
+    @classmethod
+    def _unique_serials(cls, v: list[str]) -> list[str]:
+        dupes = sorted({s for s in v if v.count(s) > 1})
+        if dupes:
+            raise ValueError(f"serial numbers listed more than once: {dupes}")
+        return v
+
+    @field_validator("pick_actions", "drop_actions")
+    @classmethod
+    def _action_types(cls, v: list[str]) -> list[str]:
+        if not v or any(not t for t in v):
+            raise ValueError("expected a non-empty list of VDA 5050 action types, e.g. ['pick']")
+        return v
+
+    @model_validator(mode="after")
+    def _disjoint_actions(self) -> Vda5050Device:
+        both = sorted(set(self.pick_actions) & set(self.drop_actions))
+        if both:
+            raise ValueError(f"action types {both} are in both pick_actions and drop_actions")
+        return self
+
+    def subscriptions(self) -> list[str]:
+        """The MQTT topic filters this fleet needs (all four topics of each vehicle)."""
+        base = f"{self.interface_name}/{self.major_version}"
+        manufacturer = self.manufacturer or "+"
+        serials = self.serial_numbers or ["+"]
+        return [f"{base}/{manufacturer}/{serial}/{topic}"
+                for serial in serials for topic in TOPICS]
+
+    def matches(self, manufacturer: str, serial: str) -> bool:
+        """Whether the vehicle ``manufacturer``/``serial`` belongs to this fleet."""
+        if self.manufacturer is not None and manufacturer != self.manufacturer:
+            return False
+        return not self.serial_numbers or serial in self.serial_numbers
