@@ -26,9 +26,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 
-from buffer.service import Backpressure, Committer
+from buffer.service import Committer
 from buffer.store import IngestDeadLetter, Record
 from drivers.base import IngestError
+from drivers.mqtt_flow import hand_over
 from gateway.config import BrokerConfig, MqttDevice, ScannerFields
 from gateway.events import Signal, parse_time
 from gateway.mqtt_link import MqttLink
@@ -195,16 +196,7 @@ class MqttDriver:
         except Exception as err:  # a recognizer bug must not stop ingest
             log.exception("recognizer_failed", device=dev.id)
             records = [self._dead_letter(dev.id, IngestError("recognizer_error", repr(err)), msg)]
-        try:
-            self._committer.submit(records, ack)
-        except Backpressure:
-            # Cannot happen while reading pauses at the high-water mark; if it
-            # does, reconnect so the broker redelivers what was not acknowledged.
-            log.error("ingest_backpressure", device=dev.id, pending=self._committer.pending)
-            self.link.drop_connection()
-            return
-        if self._committer.saturated:
-            link.pause_reading()
+        hand_over(self._committer, link, records, ack, self.name)
 
     def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
         key = (device, err.kind)

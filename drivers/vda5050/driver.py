@@ -29,9 +29,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 
-from buffer.service import Backpressure, Committer
+from buffer.service import Committer
 from buffer.store import Record
 from drivers.base import IngestError, IngestErrors
+from drivers.mqtt_flow import hand_over
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
 from gateway.config import BrokerConfig
@@ -178,16 +179,7 @@ class Vda5050Driver:
             if ack is not None:
                 ack()
             return
-        try:
-            self._committer.submit(records, ack)
-        except Backpressure:
-            # Cannot happen while reading pauses at the high-water mark; if it
-            # does, reconnect so the broker redelivers what was not acknowledged.
-            log.error("ingest_backpressure", driver=self.name, pending=self._committer.pending)
-            self.link.drop_connection()
-            return
-        if self._committer.saturated:
-            link.pause_reading()
+        hand_over(self._committer, link, records, ack, self.name)
 
     def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
         return self.errors.dead_letter(device, err, bytes(msg.payload), {
