@@ -216,7 +216,14 @@ class Committer:
         await self._empty.wait()
 
     async def run(self) -> None:
-        """Commit loop; runs until cancelled, then commits what is pending."""
+        """Commit loop; runs until cancelled, then commits what is pending.
+
+        An unexpected error ends ``run`` with every pending unit still
+        pending (none is acknowledged, dropped or cancelled), so a supervisor
+        can simply call ``run`` again; it resumes with those units.
+        """
+        if self._pending:
+            self._wake.set()  # a restart: units queued before the failure are waiting
         try:
             while True:
                 await self._wake.wait()
@@ -226,10 +233,16 @@ class Committer:
                 while self._pending:
                     if not await self._commit_once():
                         await self._wait_for_space()
-        finally:
-            await self._drain_on_stop()
+        except asyncio.CancelledError:
+            await self.drain()
+            raise
 
-    async def _drain_on_stop(self) -> None:
+    async def drain(self) -> None:
+        """Shutdown: commit what is pending (best effort, 5 s), cancel what is left.
+
+        Idempotent; called when ``run`` is cancelled, and by the gateway after
+        the committer task ended in case it was cancelled between two runs.
+        """
         # Best effort: commit what is pending so sources see their acks.
         with contextlib.suppress(Exception, asyncio.CancelledError):
             async with asyncio.timeout(5):
@@ -264,7 +277,12 @@ class Committer:
             self._empty.set()
         if len(self._pending) <= self.high_water // 2:
             for callback in self._drained_callbacks:
-                callback()
+                # A failing source callback must not leave the committed group
+                # unacknowledged: the units below are already out of the queue.
+                try:
+                    callback()
+                except Exception:
+                    log.exception("drained_callback_failed")
         self._account(result)
         for unit in group[:done]:
             if unit.on_commit is not None:

@@ -1,6 +1,10 @@
 """The gateway process: builds every component from the config and runs them.
 
-One ``asyncio.TaskGroup`` owns the process; every long-lived task is named.
+One ``asyncio.TaskGroup`` owns the process; every long-lived task is named
+and runs under a ``Supervisor`` (gateway/supervisor.py): a task that fails
+unexpectedly is logged, shown as an alert and started again with backoff
+while every other task keeps running. Before anything else the process takes
+the store's exclusive lock (buffer/lock.py): one gateway per store.
 Shutdown (SIGTERM/SIGINT or ``stop``) is ordered and bounded:
 
 1. drivers stop taking new messages (they stay with the broker, unacknowledged);
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -21,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from buffer.lock import StoreLock, StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
 from drivers import build_drivers
@@ -28,17 +34,24 @@ from drivers.base import Driver
 from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
 from gateway.forwarder import Forwarder
 from gateway.sinks import HttpSink, MqttSink, Sink
+from gateway.supervisor import Supervisor, describe
 
 log = structlog.get_logger(__name__)
 
 STATS_REFRESH_S = 2.0
 
 
+class GatewayFailed(Exception):
+    """The gateway ended on an error; it was logged as ``gateway_failed``."""
+
+
 class Gateway:
     """All components of one gateway process."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig, *, supervisor: Supervisor | None = None) -> None:
         self.cfg = cfg
+        self.supervisor = supervisor or Supervisor()
+        self.lock = StoreLock(cfg.store.path)
         self.started_at = time.time()
         self.service = StoreService(self._open_store)
         self.committer = Committer(
@@ -70,11 +83,43 @@ class Gateway:
         self._stop.set()
 
     async def run(self, *, install_signals: bool = True) -> None:
-        """Run until ``stop`` (or SIGTERM/SIGINT); then shut down in order."""
+        """Run until ``stop`` (or SIGTERM/SIGINT); then shut down in order.
+
+        Raises ``StoreLocked`` (before touching the store or any device) when
+        another gateway runs on this store, and ``GatewayFailed`` after
+        logging ``gateway_failed`` when anything escapes the supervisor.
+        """
+        try:
+            self.lock.acquire()
+        except StoreLocked:
+            raise
+        except Exception as err:  # e.g. the store's folder cannot be created
+            raise _failed(err) from err
+        try:
+            await self._run(install_signals)
+        finally:
+            self.lock.release()
+
+    async def _run(self, install_signals: bool) -> None:
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+        failed = False
+        try:
+            await self._run_tasks()
+        except Exception as err:
+            failed = True
+            raise _failed(err) from err
+        finally:
+            for s in self.sinks:
+                with contextlib.suppress(Exception):
+                    await s.close()
+            await self.service.close()
+            log.info("gateway_stopped", uptime_s=round(time.time() - self.started_at, 1),
+                     failed=failed)
+
+    async def _run_tasks(self) -> None:
         store = await self.service.open()
         report = store.open_report
         if report.corrupt:
@@ -84,31 +129,31 @@ class Gateway:
         self.forwarders = [Forwarder(s, self.service, cursors[s.id]) for s in self.sinks]
         log.info("gateway_starting", site=self.cfg.site.id, store=str(self.cfg.store.path),
                  devices=len(self.cfg.devices), sinks=len(self.sinks), pid=os.getpid())
-        try:
-            async with asyncio.TaskGroup() as tg:
-                commit_task = tg.create_task(self.committer.run(), name="committer")
-                driver_tasks = [
-                    tg.create_task(d.run(), name=d.name) for d in self.drivers
-                ]
-                others = [tg.create_task(s.run(), name=f"sink-{s.id}") for s in self.sinks]
-                others += [
-                    tg.create_task(f.run(), name=f"forwarder-{f.sink.id}")
-                    for f in self.forwarders
-                ]
-                others.append(tg.create_task(self._refresh_stats(), name="stats"))
-                if self.cfg.status.enabled:
-                    from gateway.status import serve_status
+        sup = self.supervisor
+        async with asyncio.TaskGroup() as tg:
+            # The committer keeps its pending units across a restart (Committer.run).
+            commit_task = sup.start(tg, "committer", self.committer.run)
+            driver_tasks = [sup.start(tg, d.name, d.run) for d in self.drivers]
+            others = [sup.start(tg, f"sink-{s.id}", s.run) for s in self.sinks]
+            others += [
+                sup.start(tg, f"forwarder-{f.sink.id}", functools.partial(self._forward, f))
+                for f in self.forwarders
+            ]
+            others.append(sup.start(tg, "stats", self._refresh_stats))
+            if self.cfg.status.enabled:
+                from gateway.status import serve_status
 
-                    others.append(tg.create_task(serve_status(self), name="status"))
-                others.append(tg.create_task(self._readiness(), name="readiness"))
-                await self._stop.wait()
-                await self._shutdown(driver_tasks, commit_task, others)
-        finally:
-            for s in self.sinks:
-                with contextlib.suppress(Exception):
-                    await s.close()
-            await self.service.close()
-            log.info("gateway_stopped", uptime_s=round(time.time() - self.started_at, 1))
+                others.append(sup.start(tg, "status", functools.partial(serve_status, self)))
+            others.append(sup.start(tg, "readiness", self._readiness))
+            await self._stop.wait()
+            await self._shutdown(driver_tasks, commit_task, others)
+
+    async def _forward(self, forwarder: Forwarder) -> None:
+        # Every (re)start resumes from the committed cursor: after a failure the
+        # in-memory one may be past a cursor move that never reached the store.
+        cursors = await self.service.call(self.service.store.cursors)
+        forwarder.cursor = cursors[forwarder.sink.id]
+        await forwarder.run()
 
     async def _shutdown(
         self,
@@ -118,6 +163,7 @@ class Gateway:
     ) -> None:
         self.stopping = True
         self.ready.clear()
+        self.supervisor.stop_restarts()
         budget = self.cfg.shutdown_timeout
         deadline = time.monotonic() + budget
         log.info("gateway_stopping", pending_units=self.committer.pending)
@@ -132,6 +178,9 @@ class Gateway:
         await _wait(drivers, deadline)
         committer.cancel()
         await _wait([committer], deadline)
+        if self.committer.pending:
+            # Cancelled while waiting to be restarted: commit (or release) what it holds.
+            await self.committer.drain()
         for task in others:
             task.cancel()
         await _wait(others, deadline)
@@ -152,6 +201,7 @@ class Gateway:
                 self.service.space_freed.set()  # an operator freed or added rows
                 self.service.notify()
             self.store_stats = await self.service.call(store.stats)
+            self.supervisor.flush_logs()
             await asyncio.sleep(STATS_REFRESH_S)
 
     def snapshot(self) -> dict[str, Any]:
@@ -171,6 +221,7 @@ class Gateway:
             alerts.append("store full: sources are being held back")
         for d in self.drivers:
             alerts.extend(d.alerts())
+        alerts.extend(self.supervisor.alerts())
         report = store.get("open_report", {})
         if report.get("corrupt"):
             alerts.append(
@@ -187,9 +238,19 @@ class Gateway:
             "sinks": sinks,
             "store": store,
             "committer": self.committer.snapshot(),
+            "tasks": self.supervisor.snapshot(),
             "unrouted_messages": sum(getattr(d, "unrouted", 0) for d in self.drivers),
             "rss_bytes": _rss_bytes(),
         }
+
+
+def _failed(err: Exception) -> GatewayFailed:
+    """Log ``gateway_failed`` with the traceback; the error for the caller to raise."""
+    root: BaseException = err
+    while isinstance(root, BaseExceptionGroup) and len(root.exceptions) == 1:
+        root = root.exceptions[0]  # a TaskGroup wraps the one error that ended it
+    log.error("gateway_failed", error=describe(root), exc_info=err)
+    return GatewayFailed(describe(root))
 
 
 async def _wait(tasks: list[asyncio.Task[Any]], deadline: float) -> None:

@@ -40,17 +40,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit codes of ``run``: 0 stopped on request, 1 failed (``gateway_failed`` in the
+#: log), 2 configuration invalid, 3 the store is in use by another gateway.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STORE_LOCKED = 3
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon."""
     cfg = _load(args.config)
     if cfg is None:
-        return 2
-    from gateway.app import run_gateway
+        return EXIT_CONFIG
+    import structlog
+
+    from buffer.lock import StoreLocked
+    from gateway.app import GatewayFailed, run_gateway
     from gateway.logs import configure_logging
+    from gateway.supervisor import describe
 
     configure_logging(cfg.log.level, cfg.log.format)
-    run_gateway(cfg)
-    return 0
+    try:
+        run_gateway(cfg)
+    except StoreLocked as err:
+        _err(f"error: {err}")
+        return EXIT_STORE_LOCKED
+    except GatewayFailed:
+        return EXIT_FAILED  # already logged as gateway_failed, with the traceback
+    except Exception as err:
+        # Failed outside the gateway's own handling (e.g. building a component).
+        structlog.get_logger("gateway.cli").error("gateway_failed", error=describe(err),
+                                                  exc_info=err)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

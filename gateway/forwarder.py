@@ -41,11 +41,20 @@ class Forwarder:
         self.batches = 0
         self.last_batch_at: float | None = None
         self.lag_s: float | None = None
+        #: One wake-up event for the forwarder's life, however often ``run`` restarts.
+        self._wake: asyncio.Event | None = None
 
     async def run(self) -> None:
-        """Forward until cancelled."""
+        """Forward from ``self.cursor`` until cancelled.
+
+        After a failure, set ``cursor`` from the store (``Store.cursors``)
+        before calling ``run`` again: the in-memory cursor may be ahead of a
+        cursor move that never committed.
+        """
         sink, service = self.sink, self._service
-        wake = service.listen()
+        if self._wake is None:
+            self._wake = service.listen()
+        wake = self._wake
         prefetch: asyncio.Task[tuple[list[Row], int]] | None = None
         advancing: asyncio.Task[int] | None = None
         try:

@@ -106,6 +106,10 @@ def render_metrics(snap: dict[str, Any]) -> str:
     metric("wh_ingest_errors_total", "counter", "Source messages that could not become signals",
            [(f'{{device="{_label(d)}",kind="{_label(k)}"}}', n)
             for d, v in devices.items() for k, n in v.get("ingest_errors", {}).items()])
+    tasks = snap.get("tasks", {})
+    metric("wh_task_restarts_total", "counter",
+           "Times a gateway task failed unexpectedly and was restarted",
+           [(f'{{task="{_label(t)}"}}', v.get("restarts", 0)) for t, v in tasks.items()])
     metric("wh_process_rss_bytes", "gauge", "Resident memory of the gateway",
            [("", snap["rss_bytes"])])
     return "\n".join(out) + "\n"
@@ -212,10 +216,12 @@ async def serve_status(gw: Gateway) -> None:
     cfg = gw.cfg.status
     runner = web.AppRunner(make_app(gw), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port)
-    await site.start()
-    log.info("status_listening", url=f"http://{cfg.host}:{cfg.port}/")
     try:
+        # Inside the try: a failed bind (port in use) is retried by the
+        # supervisor, and each attempt must release its runner.
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        log.info("status_listening", url=f"http://{cfg.host}:{cfg.port}/")
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
