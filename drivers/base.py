@@ -9,13 +9,16 @@ the driver reconnects on its own.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
 
 from buffer.store import IngestDeadLetter
+from gateway.logs import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -58,19 +61,57 @@ class IngestError(Exception):
         self.detail = detail
 
 
-class IngestErrors:
-    """Counts bad input per (device, kind), logs each pair once, builds dead letters."""
+#: Seconds between two log lines of one (device, kind) of bad input.
+LOG_INTERVAL_S = 60.0
 
-    def __init__(self) -> None:
+
+class IngestErrors:
+    """Counts bad input per (device, kind), logs it throttled, builds dead letters.
+
+    A peer can send thousands of bad messages a second. The first one of each
+    device and kind is logged at once (``ingest_rejected``, with its detail);
+    repeats within ``interval_s`` are only counted, and the next line for that
+    pair (or the periodic ``flush``) carries ``repeated=N``. Recognizer
+    failures (``recognizer_failed``) are throttled per device and exception
+    type the same way, and only the first line of each pair has the traceback.
+    """
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic, logger: Any = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.throttle = LogThrottle(log if logger is None else logger, interval_s, clock)
+        # Keys whose traceback was logged; bounded by devices x exception types in the code.
+        self._traced: set[tuple[str, str, str]] = set()
 
     def record(self, device: str, err: IngestError, **log_fields: Any) -> None:
-        """Count one bad input (log it the first time this device has this kind)."""
+        """Count one bad input (logged at once the first time this device has this kind)."""
         key = (device, err.kind)
-        if key not in self.counts:
-            log.warning("ingest_rejected", device=device, kind=err.kind, detail=err.detail,
-                        **log_fields)
         self.counts[key] += 1
+        self.throttle.log("warning", "ingest_rejected", ("ingest_rejected", device, err.kind),
+                          device=device, kind=err.kind, detail=err.detail,
+                          total=self.counts[key], **log_fields)
+
+    def failed(self, device: str, err: BaseException, **log_fields: Any) -> IngestError:
+        """Log a recognizer failure (throttled) and return the error its dead letter carries."""
+        name = type(err).__name__
+        key = ("recognizer_failed", device, name)
+        extra: dict[str, Any] = {}
+        if key not in self._traced:
+            self._traced.add(key)
+            extra["exc_info"] = err
+        self.throttle.log("error", "recognizer_failed", key, device=device, error_type=name,
+                          error=repr(err)[:500], **log_fields, **extra)
+        return IngestError("recognizer_error", repr(err)[:2000])
+
+    def flush(self) -> int:
+        """Write the held-back counts whose interval elapsed; return the lines written."""
+        return self.throttle.flush()
+
+    async def flush_every(self) -> None:
+        """Flush the held-back counts periodically, until cancelled (run beside a driver)."""
+        while True:
+            await asyncio.sleep(self.throttle.interval_s / 4)
+            self.flush()
 
     def dead_letter(self, device: str, err: IngestError, payload: bytes,
                     context: Mapping[str, Any]) -> IngestDeadLetter:

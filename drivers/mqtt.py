@@ -9,12 +9,14 @@ broker holds the backlog in the session.
 
 A payload that cannot become a signal (too large, not JSON, missing or
 mistyped fields) never raises: it becomes an ingest dead letter, kept whole
-with its reason, counted, logged once per device and kind of error, and is
+with its reason, counted, logged throttled per device and kind of error, and is
 then acknowledged like any other message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -27,8 +29,8 @@ import paho.mqtt.client as paho
 import structlog
 
 from buffer.service import Committer
-from buffer.store import IngestDeadLetter, Record
-from drivers.base import IngestError
+from buffer.store import Record
+from drivers.base import IngestError, IngestErrors
 from drivers.mqtt_flow import hand_over
 from gateway.config import BrokerConfig, MqttDevice, ScannerFields
 from gateway.events import Signal, parse_time
@@ -52,6 +54,22 @@ def _get(doc: dict[str, Any], path: str) -> Any:
 _MISSING = object()
 
 
+def _short(value: object) -> str:
+    """``repr`` of a field value, cut short (a hostile payload may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def _check_text(value: object, name: str) -> None:
+    """Refuse a string the event cannot carry: JSON allows lone surrogates, UTF-8 does not."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise IngestError("bad_field", f"{name!r} is not valid Unicode text "
+                              "(lone surrogate escape)") from None
+
+
 def decode_scanner_read(
     payload: bytes | bytearray, fields: ScannerFields, device: str, receive_time: float,
     max_bytes: int,
@@ -61,23 +79,31 @@ def decode_scanner_read(
         raise IngestError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IngestError("not_json", str(err)) from None
+    except ValueError as err:
+        # JSONDecodeError, UnicodeDecodeError, and integers past Python's
+        # 4,300-digit conversion limit.
+        raise IngestError("not_json", str(err)[:200]) from None
+    except RecursionError:
+        raise IngestError("not_json", "JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise IngestError("not_object", f"expected a JSON object, got {type(doc).__name__}")
     code = _get(doc, fields.code)
     if code is _MISSING:
         raise IngestError("missing_field", f"no {fields.code!r} field")
     if not isinstance(code, str | int) or isinstance(code, bool):
-        raise IngestError("bad_field", f"{fields.code!r} must be a string, got {code!r}")
+        raise IngestError("bad_field",
+                          f"{fields.code!r} must be a string, got {_short(code)}")
+    _check_text(code, fields.code)
     read_id: str | None = None
     if fields.read_id is not None:
         raw_id = _get(doc, fields.read_id)
         if raw_id is not _MISSING and raw_id is not None:
             if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
                 raise IngestError(
-                    "bad_field", f"{fields.read_id!r} must be a string or integer, got {raw_id!r}"
+                    "bad_field",
+                    f"{fields.read_id!r} must be a string or integer, got {_short(raw_id)}",
                 )
+            _check_text(raw_id, fields.read_id)
             read_id = str(raw_id)
     source_time: float | None = None
     if fields.timestamp is not None:
@@ -91,6 +117,7 @@ def decode_scanner_read(
     if fields.symbology is not None:
         sym = _get(doc, fields.symbology)
         symbology = sym if isinstance(sym, str) else None
+        _check_text(symbology, fields.symbology)
     attrs: dict[str, Any] = {"symbology": symbology}
     if read_id is None:
         attrs["digest"] = hashlib.sha1(payload, usedforsecurity=False).hexdigest()
@@ -133,7 +160,7 @@ class MqttDriver:
                 self._wild.append((dev.topic, route))
             else:
                 self._exact[dev.topic] = route
-        self.errors: Counter[tuple[str, str]] = Counter()
+        self.errors = IngestErrors()
         self.messages: Counter[str] = Counter()
         self.last_seen: dict[str, float] = {}
         self.unrouted = 0
@@ -194,28 +221,25 @@ class MqttDriver:
         except IngestError as err:
             records = [self._dead_letter(dev.id, err, msg)]
         except Exception as err:  # a recognizer bug must not stop ingest
-            log.exception("recognizer_failed", device=dev.id)
-            records = [self._dead_letter(dev.id, IngestError("recognizer_error", repr(err)), msg)]
+            records = [self._dead_letter(dev.id, self.errors.failed(dev.id, err, topic=msg.topic),
+                                         msg)]
         hand_over(self._committer, link, records, ack, self.name)
 
     def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
-        key = (device, err.kind)
-        if key not in self.errors:
-            log.warning("ingest_rejected", device=device, kind=err.kind, detail=err.detail,
-                        topic=msg.topic)
-        self.errors[key] += 1
-        payload = msg.payload
-        return IngestDeadLetter(
-            device=device,
-            reason=f"{err.kind}: {err.detail}",
-            payload=bytes(payload),
-            context={"topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
-                     "broker": self.broker.id},
-        )
+        return self.errors.dead_letter(device, err, bytes(msg.payload), {
+            "topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
+            "broker": self.broker.id,
+        })
 
     async def run(self) -> None:
         """Run the broker connection until cancelled."""
-        await self.link.run()
+        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        try:
+            await self.link.run()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
 
     def ready(self) -> bool:
         """True while the broker connection is up."""
@@ -242,7 +266,7 @@ class MqttDriver:
                 "connected": self.link.connected.is_set(),
                 "messages": self.messages[dev_id],
                 "debounced": route.recognizer.debounced,
-                "ingest_errors": {k: n for (d, k), n in self.errors.items() if d == dev_id},
+                "ingest_errors": self.errors.for_device(dev_id),
                 "last_seen_s_ago": None if seen is None else round(now - seen, 1),
             }
         return devices

@@ -114,7 +114,11 @@ def parse_time(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"timestamp must be ISO 8601 or epoch number, got {value!r}")
     if isinstance(value, int | float):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError(f"timestamp out of range: integer of {len(str(value))} digits"
+                             ) from None
         return _representable(ts / 1000.0 if ts > 1e11 else ts, value)
     if isinstance(value, str):
         text = value.strip()

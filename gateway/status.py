@@ -1,9 +1,11 @@
 """Local status page and operations API (aiohttp), read-only unless a token is set.
 
 ``/`` status page, ``/api/status`` JSON, ``/metrics`` Prometheus text,
-``/healthz``, ``/readyz``, ``/api/dead-letters`` (GET), and
+``/healthz``, ``/readyz``, ``/api/dead-letters`` (GET, paged and streamed), and
 ``POST /api/dead-letters/replay`` / ``/discard`` which need
-``Authorization: Bearer <status token>`` (``status.token_file``).
+``Authorization: Bearer <status token>`` (``status.token_file``). When the
+server listens beyond loopback (``status.host`` not a loopback address),
+dead letter bodies need that token too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import ipaddress
+import json
+import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +30,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 GATEWAY_KEY = web.AppKey("gateway", object)
+
+#: Dead letters per page: default and most a client may ask for.
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 500
+#: Bytes of serialized items per page (bodies included); a single larger item
+#: still goes out alone on its page so paging always moves on.
+PAGE_MAX_BYTES = 4 * 1024 * 1024
+#: Body bytes read from the store per call, so memory does not grow with the page.
+READ_CHUNK_BYTES = 1024 * 1024
+READ_CHUNK_MAX = 16
+#: Largest SQLite integer (dead letter ids) and most ids per replay/discard request.
+MAX_ID = 2**63 - 1
+MAX_IDS = 1000
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_DEAD_LETTER_PARAMS = ("after", "limit", "kind", "sink", "bodies")
 
 
 def _gw(request: web.Request) -> Gateway:
@@ -122,46 +142,152 @@ async def metrics(request: web.Request) -> web.Response:
                         content_type="text/plain", charset="utf-8")
 
 
-async def dead_letters(request: web.Request) -> web.Response:
-    """List dead letters (``?sink=``, ``?kind=sink|ingest``, ``?after=``, ``?limit=``)."""
+def is_loopback_host(host: str) -> bool:
+    """True when a listen address only accepts connections from this machine.
+
+    ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``, also
+    IPv4-mapped) are; wildcards (``0.0.0.0``, ``::``, empty), LAN addresses and
+    any other host name (it may resolve to anything) are not.
+    """
+    name = host.strip().rstrip(".").lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _int_param(q: Any, name: str, default: int, lo: int, hi: int) -> int:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise web.HTTPBadRequest(
+            text=f"{name} must be an integer from {lo} to {hi}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _bool_param(q: Any, name: str, default: bool) -> bool:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if raw.lower() not in value:
+        raise web.HTTPBadRequest(text=f"{name} must be 0 or 1, got {raw[:40]!r}")
+    return value[raw.lower()]
+
+
+def _json_default(value: object) -> str:
+    # Contexts are msgpack maps; a peer's bytes in one must not break the listing.
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    return repr(value)
+
+
+async def dead_letters(request: web.Request) -> web.StreamResponse:
+    """List dead letters, oldest first, one bounded page per request.
+
+    Query: ``after`` (id, default 0), ``limit`` (1..500, default 100),
+    ``kind`` (``sink``/``ingest``), ``sink``, ``bodies`` (``0`` leaves the
+    bodies out). A page holds at most ``limit`` items and about
+    ``PAGE_MAX_BYTES`` of them; ``next_after`` is the ``after`` of the next
+    page, ``null`` on the last. The page is streamed as it is read from the
+    store, a few items at a time, so memory does not grow with its size.
+    """
     gw = _gw(request)
     q = request.query
-    try:
-        limit = max(1, min(1000, int(q.get("limit", "100"))))
-        after = int(q.get("after", "0"))
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit and after must be integers") from None
+    unknown = sorted(set(q) - set(_DEAD_LETTER_PARAMS))
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown parameter {unknown[0]!r}; expected "
+                                      f"{', '.join(_DEAD_LETTER_PARAMS)}")
+    after = _int_param(q, "after", 0, 0, MAX_ID)
+    limit = _int_param(q, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
+    kind = q.get("kind")
+    if kind is not None and kind not in ("sink", "ingest"):
+        raise web.HTTPBadRequest(text=f"kind must be 'sink' or 'ingest', got {kind[:40]!r}")
+    sink = q.get("sink")
+    bodies = _bool_param(q, "bodies", True)
+    if bodies and not is_loopback_host(gw.cfg.status.host):
+        _authorize(request, action="dead letter bodies")
     store = gw.service.store
-    items = await gw.service.call(store.dead_letters, sink=q.get("sink"), kind=q.get("kind"),
-                                  limit=limit, after_id=after)
-    return web.json_response({"dead_letters": [
-        {"id": d.id, "kind": d.kind, "sink": d.sink, "device": d.device,
-         "event_id": d.event_id, "type": d.type, "reason": d.reason, "created": d.created,
-         "context": d.context, "body_b64": base64.b64encode(d.body).decode()}
-        for d in items
-    ]})
+
+    resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+    resp.content_type = "application/json"
+    resp.charset = "utf-8"
+    await resp.prepare(request)
+    await resp.write(b'{"dead_letters":[')
+    cursor, written, page_bytes = after, 0, 0
+    chunk, more, exhausted = 4, False, False
+    while not (more or exhausted):
+        # One item past the limit tells whether another page follows.
+        want = min(chunk, limit - written + 1)
+        items = await gw.service.call(store.dead_letters, sink=sink, kind=kind,
+                                      limit=want, after_id=cursor)
+        exhausted = len(items) < want
+        biggest = max((len(d.body) for d in items), default=0)
+        chunk = max(1, min(READ_CHUNK_MAX, READ_CHUNK_BYTES // max(1, biggest)))
+        for d in items:
+            doc: dict[str, Any] = {
+                "id": d.id, "kind": d.kind, "sink": d.sink, "device": d.device,
+                "event_id": d.event_id, "type": d.type, "reason": d.reason,
+                "created": d.created, "context": d.context, "body_bytes": len(d.body)}
+            if bodies:
+                doc["body_b64"] = base64.b64encode(d.body).decode()
+            data = json.dumps(doc, default=_json_default).encode()
+            if written >= limit or (written and page_bytes + len(data) > PAGE_MAX_BYTES):
+                more = True
+                break
+            await resp.write(data if not written else b"," + data)
+            written += 1
+            page_bytes += len(data)
+            cursor = d.id
+        del items
+    await resp.write(b'],"next_after":' + (str(cursor).encode() if more else b"null") + b"}")
+    await resp.write_eof()
+    return resp
 
 
-def _authorize(request: web.Request) -> None:
+def _authorize(request: web.Request, action: str = "state-changing actions") -> None:
     gw = _gw(request)
     path = gw.cfg.status.token_file
     if path is None:
-        raise web.HTTPForbidden(
-            text="state-changing actions are disabled: set status.token_file in the config"
-        )
-    expected = f"Bearer {read_secret(path, 'status token')}"
-    if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
+        if action == "state-changing actions":
+            text = "state-changing actions are disabled: set status.token_file in the config"
+        else:
+            text = (f"{action} are refused: the status server listens beyond loopback "
+                    f"(status.host = {gw.cfg.status.host!r}) and no status.token_file is set; "
+                    "set one and send Authorization: Bearer <token>, or ask with ?bodies=0")
+        raise web.HTTPForbidden(text=text)
+    try:
+        expected = f"Bearer {read_secret(path, 'status token')}"
+    except ValueError as err:
+        log.error("status_token_unreadable", path=str(path), error=str(err))
+        raise web.HTTPServiceUnavailable(text=str(err)) from None
+    if not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                               expected.encode()):
         raise web.HTTPUnauthorized(text="missing or wrong bearer token")
 
 
 async def _ids(request: web.Request) -> list[int]:
+    usage = (f'expected JSON {{"ids": [1, 2, ...]}} with 1 to {MAX_IDS} dead letter ids '
+             f"(integers from 1 to {MAX_ID})")
     try:
         doc = await request.json()
-        ids = doc["ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids) or not ids:
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise web.HTTPBadRequest(text='expected JSON {"ids": [1, 2, ...]}') from None
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"body is not JSON; {usage}") from None
+    ids = doc.get("ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS:
+        raise web.HTTPBadRequest(text=f"ids missing or not a list of 1 to {MAX_IDS}; {usage}")
+    for i in ids:
+        if not isinstance(i, int) or isinstance(i, bool) or not 1 <= i <= MAX_ID:
+            shown = repr(i) if not isinstance(i, int) or i.bit_length() < 100 else "a huge integer"
+            raise web.HTTPBadRequest(text=f"ids: {shown[:40]} is not a dead letter id; {usage}")
     return ids
 
 

@@ -46,6 +46,8 @@ class SiteConfig:
     store_extra: dict[str, Any] = field(default_factory=dict)
     broker_extra: dict[str, Any] = field(default_factory=dict)
     status_port: int = 0
+    #: More keys of the ``[status]`` table (``host``, ``token_file``).
+    status_extra: dict[str, Any] = field(default_factory=dict)
     #: TOML appended verbatim (device tables of other drivers, e.g. Modbus).
     extra_toml: str = ""
 
@@ -110,7 +112,9 @@ class SiteConfig:
             lines += ["", self.extra_toml.strip()]
         port = self.status_port or free_port()
         self.status_port = port
-        lines += ["", "[status]", f"port = {port}", "", "[log]", 'format = "json"']
+        lines += ["", "[status]", f"port = {port}"]
+        lines += [f"{k} = {val(v)}" for k, v in self.status_extra.items()]
+        lines += ["", "[log]", 'format = "json"']
         return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ Failures never leave ``run``:
   after the backoff;
 - a value that cannot be a signal (NaN, infinity, non-ASCII text, a short
   response) → an ingest dead letter holding the raw registers, counted and
-  logged once per device and kind; the other points of the poll go on.
+  logged throttled per device and kind; the other points of the poll go on.
 
 ``Availability`` logs once when the device goes away and once when it returns.
 """
@@ -126,6 +126,7 @@ class ModbusDriver:
 
     async def run(self) -> None:
         """Poll until cancelled; faults are reported and retried, never raised."""
+        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
         try:
             while not self._paused:
                 try:
@@ -143,6 +144,7 @@ class ModbusDriver:
                 await asyncio.sleep(max(self._backoff.next(), 0.01))
             await asyncio.Event().wait()  # paused: wait for cancellation
         finally:
+            flusher.cancel()
             self._close()
 
     def _failed(self, error: str, *, reconnect: bool) -> None:
@@ -330,10 +332,9 @@ class ModbusDriver:
         try:
             records.extend(self.recognizer.feed_poll(signals, now))
         except Exception as err:  # a recognizer bug must not stop polling
-            log.exception("recognizer_failed", device=dev_id)
             payload = json.dumps({s.point: s.value for s in signals}, default=str).encode()
             records.append(self.errors.dead_letter(
-                dev_id, IngestError("recognizer_error", repr(err)), payload, {"poll": self.polls}))
+                dev_id, self.errors.failed(dev_id, err), payload, {"poll": self.polls}))
         self.last_poll_ms = (time.perf_counter() - t0) * 1000
         return records
 

@@ -134,16 +134,20 @@ class OpcuaDriver:
 
     async def run(self) -> None:
         """Keep a session to the device until cancelled."""
-        while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # every device fault: log once, back off, retry
-                self.availability.down(_describe(err), endpoint=self.device.endpoint)
-            else:
-                self.availability.down("session ended", endpoint=self.device.endpoint)
-            await asyncio.sleep(self._backoff.next())
+        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        try:
+            while True:
+                try:
+                    await self._session()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # every device fault: log once, back off, retry
+                    self.availability.down(_describe(err), endpoint=self.device.endpoint)
+                else:
+                    self.availability.down("session ended", endpoint=self.device.endpoint)
+                await asyncio.sleep(self._backoff.next())
+        finally:
+            flusher.cancel()
 
     def pause(self) -> None:
         """Stop taking notifications (they are read again from history next start)."""
@@ -395,8 +399,7 @@ class OpcuaDriver:
         try:
             return list(self.recognizer.feed(sig))
         except Exception as err:  # a recognizer bug must not stop ingest
-            log.exception("recognizer_failed", device=self.device.id)
-            return [self._dead_letter(IngestError("recognizer_error", repr(err)), route.cfg.kind,
+            return [self._dead_letter(self.errors.failed(self.device.id, err), route.cfg.kind,
                                       repr(fields).encode(), {"source": route.cfg.source})]
 
     def _dead_letter(self, err: IngestError, point: str, payload: bytes,

@@ -14,12 +14,14 @@ by the next (the recognizer diffs states, it does not count on each).
 A message that cannot become a report — too large, not JSON, not a valid
 VDA 5050 message, the payload's vehicle not the topic's, a topic of the wrong
 shape — never stops the driver: it becomes an ingest dead letter, kept whole
-with its reason, counted, and logged once per fleet and kind of error.
+with its reason, counted, and logged throttled per fleet and kind of error.
 An empty payload (how a retained message is cleared) is ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -173,8 +175,8 @@ class Vda5050Driver:
         except IngestError as err:
             records = [self._dead_letter(dev.id, err, msg)]
         except Exception as err:  # a recognizer bug must not stop ingest
-            log.exception("recognizer_failed", device=dev.id, driver=self.name, topic=topic)
-            records = [self._dead_letter(dev.id, IngestError("recognizer_error", repr(err)), msg)]
+            records = [self._dead_letter(
+                dev.id, self.errors.failed(dev.id, err, driver=self.name, topic=topic), msg)]
         if not records:
             if ack is not None:
                 ack()
@@ -201,7 +203,13 @@ class Vda5050Driver:
 
     async def run(self) -> None:
         """Run the broker connection until cancelled."""
-        await self.link.run()
+        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        try:
+            await self.link.run()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
 
     def ready(self) -> bool:
         """True while the broker connection is up."""
