@@ -246,10 +246,8 @@ class MqttDriver:
         return self.link.connected.is_set()
 
     def alerts(self) -> list[str]:
-        """The broker being unreachable."""
-        if self.link.connected.is_set():
-            return []
-        return [f"broker {self.broker.id} unavailable: {self.link.last_error}"]
+        """The broker being unreachable; another client using this client id."""
+        return self.link.alerts()
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
@@ -264,6 +262,9 @@ class MqttDriver:
                 "broker": self.broker.id,
                 "topic": route.device.topic,
                 "connected": self.link.connected.is_set(),
+                "client_id": self.link.client_id,
+                "session_takeovers": self.link.takeovers,
+                "broker_error": self.link.last_error,
                 "messages": self.messages[dev_id],
                 "debounced": route.recognizer.debounced,
                 "ingest_errors": self.errors.for_device(dev_id),

@@ -10,6 +10,10 @@ Acknowledgements are tied to a connection *generation*: a packet id from a
 previous connection must never be acknowledged on a new one (it would ack a
 different message). A message whose connection died before its ack is simply
 redelivered by the broker; the store deduplicates it by event id.
+
+Every drop is shown to a ``TakeoverDetector`` (gateway/mqtt_takeover.py), so
+that another client using the same client id is named as such in the log,
+``last_error`` and the alerts instead of a bare "Unspecified error".
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +34,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import BrokerConfig, read_secret
+from gateway.logs import LogThrottle
+from gateway.mqtt_takeover import Takeover, TakeoverDetector
 
 log = structlog.get_logger(__name__)
+
+#: A flapping client-id clash reconnects every second; its lines are held to
+#: one per key and interval (with ``repeated=N``).
+_CLASH_LOG_INTERVAL_S = 60.0
 
 #: Bytes read from the kernel at once; paho asks for 1-2 bytes at a time.
 _RECV_CHUNK = 256 * 1024
@@ -139,6 +150,7 @@ class MqttLink:
         will: tuple[str, bytes, int, bool] | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -155,9 +167,12 @@ class MqttLink:
         self._reading_paused = False
         self._sock: Any = None
         self._reported_down = False
-        self.last_error: str | None = None
+        self._down_is_takeover = False
+        self._last_error: str | None = None
         self.messages_received = 0
         self.reconnects = 0
+        self.takeover = TakeoverDetector(client_id, broker.keepalive, clock)
+        self._throttle = LogThrottle(log, _CLASH_LOG_INTERVAL_S, clock)
 
         c = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -268,6 +283,7 @@ class MqttLink:
     async def _misc_loop(self) -> None:
         # A periodic tick (keepalive PINGREQ, ping timeouts), not a wait on a condition.
         while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._throttle.flush()  # counts held back during a take-over flap
             await asyncio.sleep(1.0)
 
     def pause_reading(self) -> None:
@@ -301,26 +317,96 @@ class MqttLink:
                     properties: Any) -> None:
         if reason.is_failure:
             self.last_error = f"connect refused: {reason}"
+            self.takeover.connect_failed()
             return
         self.generation += 1
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
         self.last_error = None
-        log.info("mqtt_connected", broker=self.broker.id, client_id=self.client_id,
-                 session_present=bool(flags.session_present))
+        self._down_is_takeover = False
+        found = self.takeover.connected()
+        if found is not None:
+            self._report_takeover(found)
+        fields = {"broker": self.broker.id, "client_id": self.client_id,
+                  "session_present": bool(flags.session_present)}
+        if self.takeover.recent():
+            # Reconnects of a take-over flap: one line a minute, with the count.
+            self._throttle.log("info", "mqtt_connected", ("connected",), **fields)
+        else:
+            log.info("mqtt_connected", **fields)
         self._reported_down = False
         self._down.clear()
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        was_up = self.connected.is_set()
         self.connected.clear()
         self._down.set()
-        self.last_error = f"disconnected: {reason}"
+        self.last_error = f"disconnected: {self._describe(flags, reason)}"
+        if was_up:
+            self._classify_drop(flags, reason)
         for fut in self._pubacks.values():
             if not fut.done():
                 fut.set_exception(LinkDown(f"broker {self.broker.id}: connection lost"))
         self._pubacks.clear()
+
+    @staticmethod
+    def _describe(flags: Any, reason: Any) -> str:
+        if (flags is not None and not flags.is_disconnect_packet_from_server
+                and getattr(reason, "value", None) == 128):
+            # paho's word for a socket that closed without a DISCONNECT packet.
+            return "connection closed by the broker or the network without a reason code"
+        return str(reason)
+
+    def _classify_drop(self, flags: Any, reason: Any) -> None:
+        found = self.takeover.dropped(
+            from_server=bool(flags is not None and flags.is_disconnect_packet_from_server),
+            reason_code=getattr(reason, "value", None),
+            by_us=flags is None,  # drop_connection passes no flags
+        )
+        if found is not None:
+            self._report_takeover(found)
+        elif not (self.takeover.silent_drop_pending() and self.takeover.recent()):
+            return
+        # A take-over, or the next silent drop of a flap already recognised: the
+        # take-over line stands for this outage's mqtt_unavailable, unless a
+        # connect attempt then fails (see run).
+        self.last_error = self.takeover.message()
+        self._reported_down = True
+        self._down_is_takeover = True
+
+    def _report_takeover(self, found: Takeover) -> None:
+        self._throttle.log("warning", "mqtt_session_taken_over", ("taken_over",),
+                           broker=self.broker.id, client_id=self.client_id,
+                           takeovers=self.takeover.takeovers, evidence=found.evidence,
+                           error=found.message)
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the link is or was last down; a recent client-id clash while up."""
+        return self._last_error or self.takeover.message()
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._last_error = value
+
+    @property
+    def takeovers(self) -> int:
+        """Connection losses attributed to another client using this client id."""
+        return self.takeover.takeovers
+
+    def alerts(self) -> list[str]:
+        """Status-page alerts: the broker unavailable, a recent client-id clash."""
+        out: list[str] = []
+        clash = self.takeover.alert()
+        # Down because of the take-over itself: the clash alert says it all.
+        down_for_the_clash = clash is not None and self._last_error == self.takeover.message()
+        if not self.connected.is_set() and not down_for_the_clash:
+            out.append(f"broker {self.broker.id} unavailable: {self.last_error}")
+        if clash is not None:
+            out.append(f"broker {self.broker.id}: {clash}")
+        return out
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self.messages_received += 1
@@ -383,6 +469,10 @@ class MqttLink:
                     self.reconnects += 1
                 except (OSError, TimeoutError) as err:
                     self.last_error = f"{type(err).__name__}: {err}"
+                    self.takeover.connect_failed()
+                    if self._down_is_takeover:
+                        # Not the other client after all: the broker is away.
+                        self._down_is_takeover = self._reported_down = False
                 if not self._reported_down:
                     log.warning("mqtt_unavailable", broker=self.broker.id,
                                 client_id=self.client_id, error=self.last_error)

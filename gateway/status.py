@@ -131,6 +131,12 @@ def render_metrics(snap: dict[str, Any]) -> str:
     metric("wh_task_restarts_total", "counter",
            "Times a gateway task failed unexpectedly and was restarted",
            [(f'{{task="{_label(t)}"}}', v.get("restarts", 0)) for t, v in tasks.items()])
+    # One series per MQTT connection: devices sharing a connection repeat its count.
+    takeovers = {v["client_id"]: v["session_takeovers"]
+                 for v in [*devices.values(), *sinks.values()] if "session_takeovers" in v}
+    metric("wh_mqtt_session_takeovers_total", "counter",
+           "MQTT connections lost to another client using the same client id",
+           [(f'{{client_id="{_label(c)}"}}', n) for c, n in takeovers.items()])
     metric("wh_process_rss_bytes", "gauge", "Resident memory of the gateway",
            [("", snap["rss_bytes"])])
     return "\n".join(out) + "\n"

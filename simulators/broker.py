@@ -3,6 +3,10 @@
 Each ``MosquittoBroker`` owns one ``mosquitto`` process listening on a loopback
 port, with its configuration and log in a working directory of its own, so that
 tests never depend on (or disturb) a broker that happens to be running.
+
+By default the broker persists its sessions and queued messages to the working
+directory every second, as docs/mqtt.md recommends for sites: a ``kill -9`` of
+the broker then loses at most the last second of what it acknowledged.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -95,10 +100,14 @@ class MosquittoBroker:
         port: int | None = None,
         host: str = "127.0.0.1",
         *,
-        persistence: bool = False,
+        persistence: bool = True,
+        autosave_interval: int = 1,
     ) -> None:
+        if autosave_interval < 0:
+            raise ValueError(f"autosave_interval must be >= 0 seconds, got {autosave_interval}")
         self._workdir = Path(workdir)
         self._persistence = persistence
+        self._autosave_interval = autosave_interval
         self._host = host
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port(host)
@@ -108,6 +117,8 @@ class MosquittoBroker:
         """Mosquitto's own log (errors, warnings, notices)."""
         self.config_file: Path = self._workdir / "mosquitto.conf"
         """The configuration written by :meth:`start`."""
+        self.persistence_file: Path = self._workdir / "mosquitto.db"
+        """Where the broker saves sessions and queued messages (with persistence)."""
 
     @property
     def host(self) -> str:
@@ -130,10 +141,13 @@ class MosquittoBroker:
         lines = [
             f"listener {self._port} {self._host}",
             "allow_anonymous true",
-            # With persistence, sessions and their queued messages survive a
-            # graceful restart (saved on stop, restored on start).
+            # With persistence, sessions and their queued messages are saved on
+            # stop and every autosave_interval seconds, and restored on start.
+            # Mosquitto's default interval (1800 s) lets a crash lose half an
+            # hour of acknowledged QoS 1 messages; 1 s bounds it to a second.
             *(
-                ["persistence true", f"persistence_location {self._workdir}/"]
+                ["persistence true", f"persistence_location {self._workdir}/",
+                 "autosave_on_changes false", f"autosave_interval {self._autosave_interval}"]
                 if self._persistence
                 else ["persistence false"]
             ),
@@ -235,8 +249,22 @@ class MosquittoBroker:
                 proc.wait()
         log.info("broker_stopped", port=self._port, returncode=proc.returncode)
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: nothing is saved. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        log.info("broker_killed", port=self._port, returncode=proc.returncode)
+
     def restart(self) -> None:
-        """Stop and start again on the same port (sessions are lost: no persistence)."""
+        """Stop and start again on the same port and working directory.
+
+        With persistence, sessions and queued messages survive (saved on stop);
+        call :meth:`kill` first to restart after a crash instead.
+        """
         self.stop()
         # Clients reconnect to the port they know, so never move on restart.
         self._start(may_move=False)

@@ -216,10 +216,8 @@ class Vda5050Driver:
         return self.link.connected.is_set()
 
     def alerts(self) -> list[str]:
-        """The broker being unreachable; vehicles whose connection broke."""
-        out: list[str] = []
-        if not self.link.connected.is_set():
-            out.append(f"broker {self.broker.id} unavailable: {self.link.last_error}")
+        """The broker unreachable or our client id taken over; broken vehicle links."""
+        out = self.link.alerts()
         for fleet in self._fleets:
             broken = fleet.recognizer.broken()
             if broken:
@@ -245,6 +243,9 @@ class Vda5050Driver:
                 "manufacturer": dev.manufacturer,
                 "serial_numbers": len(dev.serial_numbers) or None,
                 "connected": self.link.connected.is_set(),
+                "client_id": self.link.client_id,
+                "session_takeovers": self.link.takeovers,
+                "broker_error": self.link.last_error,
                 "messages": dict(fleet.messages),
                 "vehicles": rec.connection_counts(),
                 "connection_broken": rec.broken()[:20],

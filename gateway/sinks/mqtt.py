@@ -106,6 +106,7 @@ class MqttSink:
 
     def snapshot(self) -> dict[str, Any]:
         """State for the status API."""
+        clash = self.link.takeover.alert()
         return {
             "type": "mqtt",
             "broker": self.cfg.broker,
@@ -113,11 +114,14 @@ class MqttSink:
                 "disconnected" if not self.link.connected.is_set()
                 else "refused" if self.last_refusal is not None else "ok"
             ),
-            "alert": (
+            "alert": "; ".join(a for a in (
                 None if self.last_refusal is None
-                else f"broker refuses publishes: {self.last_refusal}"
-            ),
+                else f"broker refuses publishes: {self.last_refusal}",
+                clash,
+            ) if a) or None,
             "refused": self.refused,
+            "client_id": self.link.client_id,
+            "session_takeovers": self.link.takeovers,
             "delivered": self.delivered,
             "republished": self.republished,
             "last_error": self.link.last_error,
