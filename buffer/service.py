@@ -10,7 +10,11 @@ own windows (an MQTT source holds at most its broker's in-flight window of
 unacknowledged messages), and ``submit`` refuses with ``Backpressure`` past
 ``max_pending`` units so a misbehaving source cannot grow memory. When the
 store is full, pending units stay pending (unacknowledged) and are retried
-whenever a sink frees space: that is the back-pressure on sources.
+whenever a sink frees space: that is the back-pressure on sources. "Full" is
+either the store's capacity (``max_bytes``) or the disk (less than
+``min_free_bytes`` free, or SQLite failing with SQLITE_FULL); the retry
+re-checks the disk, so space an operator frees is used within
+``full_retry_s``.
 """
 
 from __future__ import annotations
@@ -97,8 +101,10 @@ class StoreService:
     ) -> int:
         """``Store.advance`` on the store thread; wakes a blocked committer.
 
-        A full disk does not stop the forwarder: the advance is retried every
-        second (the batch stays delivered; only its cursor move waits).
+        A full disk does not stop the forwarder: the store first gives the
+        move its reserve (``Store.advance``); if that is not enough the advance
+        is retried every second (the batch stays delivered; only its cursor
+        move waits).
         """
         warned = False
         while True:
@@ -137,6 +143,8 @@ class CommitStats:
     evicted_telemetry: int = 0
     dropped_telemetry: int = 0
     full_since: float | None = None
+    #: ``"capacity"`` or ``"disk"`` while full.
+    full_reason: str | None = None
     last_commit_ms: float = 0.0
 
 
@@ -163,6 +171,9 @@ class Committer:
         self.high_water = high_water or 2 * max_units
         self._drained_callbacks: list[Callable[[], None]] = []
         self._pending: deque[_Unit] = deque()
+        #: Units per commit while the disk is short: halved on each disk-full
+        #: refusal, because a smaller transaction needs less WAL space.
+        self._group = max_units
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._empty = asyncio.Event()
@@ -261,7 +272,7 @@ class Committer:
 
     async def _commit_once(self) -> bool:
         """Commit one group; return False when the store had no room for it."""
-        n = min(len(self._pending), self._max_units)
+        n = min(len(self._pending), self._group)
         group = [self._pending[i] for i in range(n)]
         t0 = time.perf_counter()
         result: AppendResult = await self._service.call(
@@ -294,17 +305,27 @@ class Committer:
                 unit.future.set_result(None)
         if result.inserted or result.dead_letters:
             self._service.notify()
+        if result.full and done < n and result.full_reason == "disk" and self._group > 1:
+            self._group = max(1, n // 2)  # retried at once, smaller
+            return True
+        if done == n and self._group < self._max_units:
+            self._group = min(self._max_units, self._group * 2)
         if result.full and done < n:
-            if self.stats.full_since is None:
-                self.stats.full_since = time.time()
-                log.error("store_full", pending_units=len(self._pending),
-                          used_bytes=self._service.store.used_bytes,
-                          max_bytes=self._service.store.max_bytes)
+            reason = result.full_reason or "capacity"
+            if self.stats.full_since is None or self.stats.full_reason != reason:
+                if self.stats.full_since is None:
+                    self.stats.full_since = time.time()
+                self.stats.full_reason = reason
+                store = self._service.store
+                log.error("store_full", reason=reason, pending_units=len(self._pending),
+                          used_bytes=store.used_bytes, max_bytes=store.max_bytes,
+                          min_free_bytes=store.min_free_bytes)
             return done > 0
         if self.stats.full_since is not None:
-            log.warning("store_accepting_again",
+            log.warning("store_accepting_again", reason=self.stats.full_reason,
                         full_for_s=round(time.time() - self.stats.full_since, 1))
             self.stats.full_since = None
+            self.stats.full_reason = None
         return True
 
     def _account(self, r: AppendResult) -> None:
@@ -332,5 +353,6 @@ class Committer:
             "evicted_telemetry": s.evicted_telemetry,
             "dropped_telemetry": s.dropped_telemetry,
             "full": self.full,
+            "full_reason": s.full_reason,
             "last_commit_ms": round(s.last_commit_ms, 3),
         }

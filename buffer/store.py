@@ -30,6 +30,24 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    moves it aside under a timestamped name, salvages every readable row into a
    fresh file, and reports it in ``OpenReport`` — opening never raises for a
    corrupt file.
+8. Dead letters have their own byte budget (``dead_letter_max_bytes``) and
+   never count against ``max_bytes``, so they can never block an event.
+   Policy when the budget is exceeded: the oldest *ingest* dead letters
+   (raw source messages) are evicted first and counted
+   (``evicted_ingest_dead_letters``); *sink* dead letters (events an upstream
+   rejected, which may be business events) are never evicted: their
+   overrunning the budget is reported (``dead_letters_over_budget``), not
+   enforced. An oversized ingest payload is kept as a bounded prefix
+   (``dead_letter_payload_bytes``) with its original size and SHA-256 in the
+   context.
+9. Disk space: ``append`` admits nothing while the file system holding the
+   store has less than ``min_free_bytes`` available (free blocks plus the
+   file's own free pages), and reports ``full_reason="disk"``. A preallocated
+   ``<store>.reserve`` file is released when a cursor move (the only thing
+   that deletes delivered rows) hits a full disk, and re-created once there
+   is room again, so deletes can always proceed. (Held by
+   ``tests/test_store_disk_full.py`` on a real small file system, not by the
+   model.)
 
 This module is synchronous and owns one ``sqlite3`` connection; it must be
 used from one thread at a time. ``buffer.service`` runs it on a dedicated
@@ -39,6 +57,7 @@ thread for the asyncio side.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import time
@@ -52,6 +71,7 @@ import msgpack
 import structlog
 
 from gateway.events import Event, Priority
+from gateway.logs import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +80,14 @@ SCHEMA_VERSION: Final = 1
 #: columns and b-tree slack. Deliberately generous (a row of this schema
 #: carries about 70 bytes besides its body), so capacity errs on the safe side.
 ROW_OVERHEAD: Final = 100
+#: Default share of ``max_bytes`` that dead letters may use on top of it.
+DEAD_LETTER_SHARE: Final = 8
+#: Defaults of the disk guards (see invariant 9).
+MIN_FREE_BYTES: Final = 64 * 1024**2
+RESERVE_BYTES: Final = 8 * 1024**2
+DEAD_LETTER_PAYLOAD_BYTES: Final = 4096
+#: The WAL is cut back to this size when it restarts (``journal_size_limit``).
+WAL_KEEP_BYTES: Final = 4 * 1024**2
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -114,7 +142,12 @@ class StoreDiskFull(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class IngestDeadLetter:
-    """A source message that could not become a signal, kept whole."""
+    """A source message that could not become a signal.
+
+    Kept whole up to the store's ``dead_letter_payload_bytes``; a longer
+    payload is cut to that prefix and its context gains ``original_size``,
+    ``sha256`` and ``truncated`` (see ``Store.append``).
+    """
 
     device: str
     reason: str
@@ -153,7 +186,10 @@ class AppendResult:
     dead_letters: int = 0
     evicted_telemetry: int = 0
     dropped_telemetry: int = 0
+    evicted_ingest_dead_letters: int = 0
     full: bool = False
+    #: Why ``full``: ``"capacity"`` (``max_bytes``) or ``"disk"`` (file system).
+    full_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +220,22 @@ class DeadLetter:
 
 
 def _size(record: Record) -> int:
+    """Bytes a record takes from ``max_bytes`` (dead letters have their own budget)."""
     if isinstance(record, Event):
         return len(record.body) + ROW_OVERHEAD
-    return len(record.payload) + ROW_OVERHEAD
+    return 0
+
+
+def _bounded(record: IngestDeadLetter, limit: int) -> IngestDeadLetter:
+    """``record`` with its payload cut to ``limit`` bytes, the cut recorded in context."""
+    payload = record.payload
+    context = {
+        **record.context,
+        "truncated": True,
+        "original_size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    return IngestDeadLetter(record.device, record.reason, payload[:limit], context)
 
 
 class Store:
@@ -202,19 +251,40 @@ class Store:
         clock: Any = time.time,
         recover: bool = True,
         dedup_window: int = 16_384,
+        dead_letter_max_bytes: int | None = None,
+        dead_letter_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
+        min_free_bytes: int = MIN_FREE_BYTES,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
+        for name, value in (("dead_letter_max_bytes", dead_letter_max_bytes or 0),
+                            ("dead_letter_payload_bytes", dead_letter_payload_bytes),
+                            ("min_free_bytes", min_free_bytes), ("reserve_bytes", reserve_bytes)):
+            if value < 0:
+                raise ValueError(f"store {name} must be >= 0, got {value}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.synchronous: Synchronous = synchronous
         self.retention_s = retention_s
+        self.dead_letter_max_bytes = (
+            max_bytes // DEAD_LETTER_SHARE if dead_letter_max_bytes is None
+            else dead_letter_max_bytes
+        )
+        self.dead_letter_payload_bytes = dead_letter_payload_bytes
+        self.min_free_bytes = min_free_bytes
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self._disk_log = LogThrottle(log, 60.0, clock=clock)
+        self._dl_over_budget = False
+        self._reserve_released = False
+        self._disk_low = False
         self._clock = clock
         self.open_report = OpenReport()
         self._recover_enabled = recover
         self._conn = self._open()
         self.used_bytes = self._measure_used()
+        self.dead_letter_bytes = self._measure_dead()
         self.dedup_window = dedup_window
         self._data_version: int | None = None
-        self._disk_full_logged_at = float("-inf")
         self._recent_ids: deque[str] = deque()
         self._recent_set: set[str] = set()
         for (event_id,) in reversed(self._conn.execute(
@@ -235,11 +305,19 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
+        # A WAL that ballooned (a long transaction, a long reader) is cut back
+        # to this size when it restarts, instead of keeping its blocks forever.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._fs_free() < self.min_free_bytes:
+            # Opening in WAL mode creates -wal and -shm; a full disk would fail that.
+            self._release_reserve("open")
+        else:
+            self.ensure_reserve()
         problem = self._check_file() if self._recover_enabled else None
         if problem is not None:
             return self._recover(problem)
@@ -304,14 +382,114 @@ class Store:
         return conn
 
     def _measure_used(self) -> int:
+        """Bytes of events, as counted against ``max_bytes``."""
         row = self._conn.execute(
             "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM events", (ROW_OVERHEAD,)
         ).fetchone()
-        dl = self._conn.execute(
+        return int(row[0])
+
+    def _measure_dead(self) -> int:
+        """Bytes of dead letters, as counted against ``dead_letter_max_bytes``."""
+        row = self._conn.execute(
             "SELECT COALESCE(SUM(LENGTH(body)), 0) + COUNT(*) * ? FROM dead_letters",
             (ROW_OVERHEAD,),
         ).fetchone()
-        return int(row[0]) + int(dl[0])
+        return int(row[0])
+
+    # -- disk space -------------------------------------------------------------------
+
+    def _fs_free(self) -> int:
+        """Bytes available to this process on the store's file system."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 1 << 62  # unknown: do not block on it; SQLITE_FULL still guards
+        return int(st.f_bavail) * int(st.f_frsize)
+
+    def disk_room(self) -> int:
+        """Bytes new rows can still use: free file-system space plus the file's free pages."""
+        free = self._fs_free()
+        with contextlib.suppress(sqlite3.Error, AttributeError):
+            pages = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            free += int(pages) * int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        return free
+
+    def disk_low(self) -> bool:
+        """True while ``append`` admits nothing for lack of disk space.
+
+        Low below ``min_free_bytes``; once low, low until a quarter more is
+        free, so a store hovering at the mark does not flap.
+        """
+        mark = self.min_free_bytes
+        if self._disk_low:
+            mark += mark // 4
+        # The common case costs one statvfs and no query.
+        low = mark > 0 and self._fs_free() < mark and self.disk_room() < mark
+        self._disk_low = low
+        return low
+
+    def _release_reserve(self, why: str) -> bool:
+        try:
+            size = self.reserve_path.stat().st_size
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            log.error("store_reserve_release_failed", path=str(self.reserve_path),
+                      error=str(err))
+            return False
+        log.warning("store_reserve_released", path=str(self.reserve_path), bytes=size,
+                    reason=why)
+        self._reserve_released = True
+        return True
+
+    def ensure_reserve(self) -> bool:
+        """Create ``<store>.reserve`` if it is missing and the disk has room for it.
+
+        Room means ``reserve_bytes`` plus ``min_free_bytes`` free, so creating
+        it never pushes the store into the low-disk state. Returns True when
+        the reserve exists afterwards.
+        """
+        if self.reserve_bytes <= 0:
+            return False
+        with contextlib.suppress(OSError):
+            if self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return True
+        if self._fs_free() < self.reserve_bytes + self.min_free_bytes:
+            return False
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                # Really allocate the blocks: a sparse file would reserve nothing.
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()
+            self._disk_log.log("warning", "store_reserve_not_created", "reserve",
+                               path=str(self.reserve_path), error=str(err))
+            return False
+        if self._reserve_released:  # a first creation at open is not news
+            log.info("store_reserve_recreated", path=str(self.reserve_path),
+                     bytes=self.reserve_bytes)
+            self._reserve_released = False
+        return True
+
+    def _checkpoint_if_low(self) -> None:
+        """Checkpoint after a delete when the disk is low, so the WAL is reused.
+
+        Deleted pages go to the file's free list (reused by new rows, counted
+        by ``disk_room``), but only once the delete is checkpointed; then the
+        next write restarts the WAL from its start (cut back to
+        ``WAL_KEEP_BYTES``) instead of growing it. A PASSIVE checkpoint never
+        waits for readers. Truncating the WAL to nothing would not help: the
+        next commit must grow it again, from the same scarce free blocks.
+        """
+        if self._fs_free() >= self.min_free_bytes + self.reserve_bytes:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def refresh_if_changed_elsewhere(self) -> bool:
         """Re-measure ``used_bytes`` if another process (an operator command) committed.
@@ -323,6 +501,7 @@ class Store:
         self._data_version = version
         if changed:
             self.used_bytes = self._measure_used()
+            self.dead_letter_bytes = self._measure_dead()
         return changed
 
     def close(self) -> None:
@@ -359,11 +538,20 @@ class Store:
 
         Commits the longest prefix of units that fits the capacity after
         evicting telemetry; ``units_committed`` says how many. Telemetry that
-        does not fit is dropped and counted instead of blocking.
+        does not fit is dropped and counted instead of blocking. Commits
+        nothing (``full_reason="disk"``) while the disk is low (invariant 9).
+        Ingest dead letters do not count against capacity; oversized payloads
+        are cut and old ingest dead letters evicted to their budget (invariant 8).
         """
         result = AppendResult()
         if not units:
             return result
+        if self.disk_low():
+            self._disk_log.log("error", "store_disk_low", "low", path=str(self.path),
+                               disk_room_bytes=self.disk_room(),
+                               min_free_bytes=self.min_free_bytes)
+            return AppendResult(full=True, full_reason="disk")
+        units = self._bound_payloads(units)
         now = self._clock()
         try:
             with self._txn() as conn:
@@ -393,6 +581,7 @@ class Store:
                             need = sum(_size(r) for r in kept)
                             if used + need > self.max_bytes:
                                 result.full = True
+                                result.full_reason = "capacity"
                                 break
                             result.dropped_telemetry += dropped
                             unit = kept
@@ -417,26 +606,94 @@ class Store:
                         dead,
                     )
                 result.dead_letters = len(dead)
+                added_dead = sum(len(d[3]) + ROW_OVERHEAD for d in dead)
+                evicted_dead, freed_dead = (
+                    self._evict_ingest_dead_letters(conn, self.dead_letter_bytes + added_dead)
+                    if dead else (0, 0)
+                )
+                result.evicted_ingest_dead_letters = evicted_dead
                 self._bump(conn, {
+                    "evicted_ingest_dead_letters": evicted_dead,
                     "evicted_telemetry": result.evicted_telemetry,
                     "dropped_telemetry": result.dropped_telemetry,
                     "ingest_dead_letters": len(dead),
                     "duplicate_events": result.duplicates,
                 })
                 added = sum(len(e[5]) for e in fresh) + ROW_OVERHEAD * len(fresh)
-                added += sum(len(d[3]) + ROW_OVERHEAD for d in dead)
         except sqlite3.OperationalError as err:
             if _is_disk_full(err):
-                now = self._clock()
-                if now - self._disk_full_logged_at >= 60:  # retried every 0.5 s
-                    log.error("store_disk_full", path=str(self.path), error=str(err))
-                    self._disk_full_logged_at = now
-                return AppendResult(full=True)
+                # Retried every 0.5 s by the committer: one line a minute.
+                self._disk_log.log("error", "store_disk_full", "append", path=str(self.path),
+                                   error=str(err))
+                return AppendResult(full=True, full_reason="disk")
             raise
         self.used_bytes = self.used_bytes - freed_total + int(added)
+        self.dead_letter_bytes += added_dead - freed_dead
+        if evicted_dead:
+            self._disk_log.log("warning", "ingest_dead_letters_evicted", "dl_evict",
+                               evicted=evicted_dead,
+                               dead_letter_bytes=self.dead_letter_bytes,
+                               dead_letter_max_bytes=self.dead_letter_max_bytes)
+        self._check_dead_letter_budget()
         for e in fresh:
             self._remember_id(e[0])
         return result
+
+    def _bound_payloads(self, units: Sequence[Sequence[Record]]) -> Sequence[Sequence[Record]]:
+        """Cut oversized ingest payloads (checked cheaply: most units have none)."""
+        limit = self.dead_letter_payload_bytes
+        out: list[Sequence[Record]] | None = None
+        for i, unit in enumerate(units):
+            if any(isinstance(r, IngestDeadLetter) and len(r.payload) > limit for r in unit):
+                if out is None:
+                    out = list(units)
+                out[i] = [
+                    _bounded(r, limit)
+                    if isinstance(r, IngestDeadLetter) and len(r.payload) > limit else r
+                    for r in unit
+                ]
+        return units if out is None else out
+
+    def _evict_ingest_dead_letters(
+        self, conn: sqlite3.Connection, total: int
+    ) -> tuple[int, int]:
+        """Delete the oldest ingest dead letters until ``total`` fits the budget.
+
+        Returns (dead letters evicted, bytes freed). Sink dead letters are
+        never touched (invariant 8).
+        """
+        over = total - self.dead_letter_max_bytes
+        evicted = freed = 0
+        while over > freed:
+            rows = conn.execute(
+                "SELECT id, LENGTH(body) FROM dead_letters WHERE kind = 'ingest'"
+                " ORDER BY id LIMIT 256"
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[0][0]
+            for id_, size in rows:
+                freed += int(size) + ROW_OVERHEAD
+                evicted += 1
+                last = id_
+                if freed >= over:
+                    break
+            conn.execute("DELETE FROM dead_letters WHERE kind = 'ingest' AND id <= ?", (last,))
+        return evicted, freed
+
+    def _check_dead_letter_budget(self) -> None:
+        """Report sink dead letters overrunning the budget (they are kept: invariant 8)."""
+        over = self.dead_letter_bytes > self.dead_letter_max_bytes
+        if over and not self._dl_over_budget:
+            log.error("dead_letters_over_budget", dead_letter_bytes=self.dead_letter_bytes,
+                      dead_letter_max_bytes=self.dead_letter_max_bytes,
+                      action="sink dead letters are kept; replay or discard them")
+        self._dl_over_budget = over
+
+    @property
+    def dead_letters_over_budget(self) -> bool:
+        """True while dead letters (necessarily sink ones) exceed their budget."""
+        return self.dead_letter_bytes > self.dead_letter_max_bytes
 
     @staticmethod
     def _top(conn: sqlite3.Connection) -> int:
@@ -569,15 +826,64 @@ class Store:
         Returns the number of rows deleted.
         """
         now = self._clock()
-        try:
-            with self._txn() as conn:
-                deleted, dl_bytes = self._advance(conn, sink, to_seq, dead_letters, now)
-        except sqlite3.OperationalError as err:
-            if _is_disk_full(err):
+        # On a low disk the delete goes in small steps of its own (each one
+        # checkpointed, so the WAL is reused instead of grown): a delete of a
+        # whole batch in the cursor's transaction can need more WAL space
+        # than is left.
+        stepwise = self._fs_free() < self.min_free_bytes + self.reserve_bytes
+        released = False
+        while True:
+            used = self.used_bytes
+            try:
+                with self._txn() as conn:
+                    deleted, dl_bytes = self._advance(conn, sink, to_seq, dead_letters, now,
+                                                      prune=not stepwise)
+                break
+            except sqlite3.OperationalError as err:
+                self.used_bytes = used  # _prune counted rows the rollback kept
+                if not _is_disk_full(err):
+                    raise
+                if not stepwise:
+                    stepwise = True  # the cursor move alone needs only a few pages
+                    continue
+                # The cursor move is what frees space: give it the reserve, once.
+                if not released and self._release_reserve("cursor_move_disk_full"):
+                    released = True
+                    continue
                 raise StoreDiskFull(f"{self.path}: disk full: {err}", path=self.path) from err
-            raise
-        self.used_bytes += dl_bytes  # only once committed
+        self.dead_letter_bytes += dl_bytes  # only once committed
+        if dl_bytes:
+            self._check_dead_letter_budget()
+        if stepwise:
+            deleted += self._prune_stepwise(now)
+        if deleted:
+            self._checkpoint_if_low()
+        self.ensure_reserve()
         return deleted
+
+    def _prune_stepwise(self, now: float, step: int = 100) -> int:
+        """Delete what the cursors passed, ``step`` rows per transaction.
+
+        Stops quietly at a full disk: the rest goes at the next cursor move.
+        """
+        deleted = 0
+        while True:
+            used = self.used_bytes
+            try:
+                with self._txn() as conn:
+                    n = self._prune(conn, now, limit=step)
+            except sqlite3.OperationalError as err:
+                self.used_bytes = used
+                if not _is_disk_full(err):
+                    raise
+                self._disk_log.log("warning", "store_prune_disk_full", "prune",
+                                   path=str(self.path), error=str(err))
+                return deleted
+            deleted += n
+            if n < step:
+                return deleted
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _advance(
         self,
@@ -586,6 +892,8 @@ class Store:
         to_seq: int,
         dead_letters: Sequence[SinkDeadLetter],
         now: float,
+        *,
+        prune: bool = True,
     ) -> tuple[int, int]:
         cur = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
         if cur is None:
@@ -612,10 +920,10 @@ class Store:
         conn.execute(
             "UPDATE cursors SET seq = ?, updated = ? WHERE sink = ?", (to_seq, now, sink)
         )
-        deleted = self._prune(conn, now)
+        deleted = self._prune(conn, now) if prune else 0
         return deleted, dl_bytes
 
-    def _prune(self, conn: sqlite3.Connection, now: float) -> int:
+    def _prune(self, conn: sqlite3.Connection, now: float, limit: int | None = None) -> int:
         floor = self._min_cursor(conn)
         if floor is None:
             return 0
@@ -624,6 +932,15 @@ class Store:
         if self.retention_s > 0:
             where += " AND created < ?"
             args.append(now - self.retention_s)
+        if limit is not None:
+            # The oldest ``limit`` of them: seq order is also age order.
+            top = conn.execute(
+                f"SELECT seq FROM events WHERE {where} ORDER BY seq LIMIT 1 OFFSET ?",
+                [*args, limit - 1],
+            ).fetchone()
+            if top is not None:
+                where += " AND seq <= ?"
+                args.append(int(top[0]))
         size, n = conn.execute(
             f"SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM events WHERE {where}", args
         ).fetchone()
@@ -696,6 +1013,9 @@ class Store:
                 f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", list(ids)
             )
             self._bump(conn, {"replayed_dead_letters": len(rows)})
+        # The bodies moved from the dead-letter budget to the events' capacity.
+        self.used_bytes = self._measure_used()
+        self.dead_letter_bytes = self._measure_dead()
         return len(rows)
 
     def discard(self, ids: Sequence[int]) -> int:
@@ -705,7 +1025,8 @@ class Store:
                 f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", list(ids)
             )
             self._bump(conn, {"discarded_dead_letters": cur.rowcount})
-        self.used_bytes = self._measure_used()
+        self.dead_letter_bytes = self._measure_dead()
+        self._check_dead_letter_budget()
         return cur.rowcount
 
     # -- stats ------------------------------------------------------------------------
@@ -729,6 +1050,12 @@ class Store:
             "used_bytes": self.used_bytes,
             "max_bytes": self.max_bytes,
             "full": self.used_bytes >= self.max_bytes,
+            "dead_letter_bytes": self.dead_letter_bytes,
+            "dead_letter_max_bytes": self.dead_letter_max_bytes,
+            "disk_room_bytes": self.disk_room(),
+            "min_free_bytes": self.min_free_bytes,
+            "disk_low": self.disk_low(),
+            "reserve_bytes": _reserve_size(self.reserve_path),
             "cursors": cursors,
             "backlog": {s: max(0, top - c) for s, c in cursors.items()},
             "dead_letters": {"sink": dl.get("sink", 0), "ingest": dl.get("ingest", 0)},
@@ -789,6 +1116,13 @@ def _is_telemetry(r: Record) -> bool:
 
 def _is_disk_full(err: sqlite3.Error) -> bool:
     return getattr(err, "sqlite_errorcode", None) == 13 or "full" in str(err).lower()
+
+
+def _reserve_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _file_bytes(path: Path) -> int:

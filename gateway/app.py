@@ -76,7 +76,9 @@ class Gateway:
     def _open_store(self) -> Store:
         s = self.cfg.store
         return Store(s.path, max_bytes=s.max_bytes, synchronous=s.synchronous,
-                     retention_s=s.retention)
+                     retention_s=s.retention, dead_letter_max_bytes=s.dead_letter_max_bytes,
+                     dead_letter_payload_bytes=s.dead_letter_payload_bytes,
+                     min_free_bytes=s.min_free_bytes, reserve_bytes=s.reserve_bytes)
 
     def stop(self) -> None:
         """Ask the gateway to shut down (idempotent, callable from signal handlers)."""
@@ -218,7 +220,12 @@ class Gateway:
             sinks[f.sink.id] = snap
         alerts = [f"sink {sid}: {s['alert']}" for sid, s in sinks.items() if s.get("alert")]
         if self.committer.full:
-            alerts.append("store full: sources are being held back")
+            if self.committer.stats.full_reason == "disk":
+                alerts.append("store full (disk): sources are being held back; free disk space")
+            else:
+                alerts.append("store full: sources are being held back")
+        if store.get("dead_letter_bytes", 0) > store.get("dead_letter_max_bytes", 1 << 62):
+            alerts.append("dead letters over budget: replay or discard sink dead letters")
         for d in self.drivers:
             alerts.extend(d.alerts())
         alerts.extend(self.supervisor.alerts())

@@ -86,14 +86,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _open_store(args: argparse.Namespace) -> Any:
     from buffer.store import Store
 
+    # An operator command neither creates nor gives up the daemon's disk reserve.
     if args.db:
         _require_file(Path(args.db))
-        return Store(args.db, recover=False)
+        return Store(args.db, recover=False, min_free_bytes=0, reserve_bytes=0)
     cfg = _load(args.config) if args.config else None
     if cfg is None:
         raise SystemExit(2)
     _require_file(cfg.store.path)
-    return Store(cfg.store.path, max_bytes=cfg.store.max_bytes, recover=False)
+    return Store(cfg.store.path, max_bytes=cfg.store.max_bytes,
+                 dead_letter_max_bytes=cfg.store.dead_letter_max_bytes, recover=False,
+                 min_free_bytes=0, reserve_bytes=0)
 
 
 def _require_file(path: Path) -> None:

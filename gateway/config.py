@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from drivers.modbus.config import ModbusDevice
 from drivers.opcua.config import OpcuaDevice
@@ -45,6 +45,19 @@ class SiteConfig(Model):
     id: Identifier
 
 
+def _size_or_zero(value: object) -> int:
+    """A size like ``ByteSize``, where ``0`` means "off"."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    if isinstance(value, str) and value.strip() == "0":
+        return 0
+    return parse_bytes(value)
+
+
+#: A size that may also be ``0`` (the feature is off).
+ByteSizeOrZero = Annotated[int, BeforeValidator(_size_or_zero)]
+
+
 class StoreConfig(Model):
     """The SQLite store-and-forward buffer."""
 
@@ -54,6 +67,14 @@ class StoreConfig(Model):
     group_commit: Duration = 0.002
     group_commit_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
     retention: Duration = 0.0
+    #: Dead letters' own budget; ``None``: an eighth of ``max_bytes``.
+    dead_letter_max_bytes: ByteSize | None = None
+    #: Bytes of an oversized ingest payload kept in its dead letter.
+    dead_letter_payload_bytes: Annotated[int, Field(ge=256, le=16 * 1024**2)] = 4096
+    #: Below this much free disk the store admits nothing (0: off).
+    min_free_bytes: ByteSizeOrZero = 64 * 1024**2
+    #: Size of ``<path>.reserve``, kept free for cursor moves (0: no reserve).
+    reserve_bytes: ByteSizeOrZero = 8 * 1024**2
 
 
 class BrokerConfig(Model):

@@ -87,8 +87,15 @@ def render_metrics(snap: dict[str, Any]) -> str:
     counters = store.get("counters", {})
     com = snap["committer"]
     metric("wh_ready", "gauge", "1 when the gateway is ready", [("", int(snap["ready"]))])
-    metric("wh_store_used_bytes", "gauge", "Bytes of events and dead letters in the store",
+    metric("wh_store_used_bytes", "gauge", "Bytes of events in the store (against max_bytes)",
            [("", store.get("used_bytes", 0))])
+    metric("wh_store_dead_letter_bytes", "gauge", "Bytes of dead letters (own budget)",
+           [("", store.get("dead_letter_bytes", 0))])
+    metric("wh_store_disk_room_bytes", "gauge",
+           "Free disk space plus the store file's free pages",
+           [("", store.get("disk_room_bytes", 0))])
+    metric("wh_store_disk_low", "gauge", "1 while disk room is below store.min_free_bytes",
+           [("", int(bool(store.get("disk_low", False))))])
     metric("wh_store_max_bytes", "gauge", "Store capacity", [("", store.get("max_bytes", 0))])
     metric("wh_store_file_bytes", "gauge", "Size of the database file and its WAL",
            [("", store.get("file_bytes", 0))])

@@ -414,12 +414,14 @@ def test_replay_requeues_only_for_the_rejecting_sink(db: Path) -> None:
     rows, scanned = store.read("wms", 0, 10)
     store.advance("wms", scanned, [SinkDeadLetter(rows[0].seq, rows[0].event_id, "422")])
     (dead,) = store.dead_letters(sink="wms")
-    used = store.used_bytes
+    used, dead_bytes = store.used_bytes, store.dead_letter_bytes
 
     assert store.replay([dead.id]) == 1
     assert store.dead_letters() == []
     assert store.counters()["replayed_dead_letters"] == 1
-    assert store.used_bytes == used == store._measure_used()
+    # The body moved from the dead-letter budget to the events' capacity.
+    assert store.used_bytes == used + dead_bytes == store._measure_used()
+    assert store.dead_letter_bytes == 0 == store._measure_dead()
 
     rows, scanned = store.read("wms", store.cursors()["wms"], 10)
     assert [(r.seq, r.event_id, r.body) for r in rows] == [(3, ev(1).event_id, ev(1).body)]
@@ -461,11 +463,11 @@ def test_discard_deletes_dead_letters_for_good(db: Path) -> None:
     raw = IngestDeadLetter("plc-1", "bad register map", b"\x01\x02\x03" * 100)
     store.append([[raw], [raw]])
     first, second = store.dead_letters()
-    before = store.used_bytes
+    before = store.dead_letter_bytes
     assert store.discard([first.id, 12345]) == 1
     assert [d.id for d in store.dead_letters()] == [second.id]
     assert store.counters()["discarded_dead_letters"] == 1
-    assert store.used_bytes == before - (300 + ROW_OVERHEAD)
+    assert store.dead_letter_bytes == before - (300 + ROW_OVERHEAD)
     store.close()
     store = Store(db)
     assert [d.id for d in store.dead_letters()] == [second.id]
@@ -712,11 +714,11 @@ def test_daemon_sees_space_freed_by_an_operator_command(db: Path) -> None:
     rows, scanned = daemon.read("wms", 0, 100)
     daemon.advance("wms", scanned, [SinkDeadLetter(r.seq, r.event_id, "bad") for r in rows])
     assert daemon.refresh_if_changed_elsewhere() is False  # first look: baseline
-    before = daemon.used_bytes
+    before = daemon.dead_letter_bytes
     operator = Store(db, recover=False)  # `warehouse-gateway store discard` while it runs
     operator.discard([d.id for d in operator.dead_letters()])
     operator.close()
     assert daemon.refresh_if_changed_elsewhere() is True
-    assert daemon.used_bytes < before - 5 * 3000
+    assert daemon.dead_letter_bytes < before - 5 * 3000
     assert daemon.refresh_if_changed_elsewhere() is False  # its own commits do not count
     daemon.close()

@@ -15,7 +15,11 @@ database holds, independently of the model:
   are a prefix);
 * telemetry that vanished undelivered is exactly what the eviction and drop
   counters say;
-* ``append`` never takes the store over ``max_bytes``.
+* ``append`` never takes the store over ``max_bytes``;
+* dead letters never count against ``max_bytes``; ingest dead letters are cut
+  to ``dead_letter_payload_bytes`` and evicted oldest first to keep all dead
+  letters within ``dead_letter_max_bytes``; sink dead letters are never
+  evicted.
 """
 
 from __future__ import annotations
@@ -83,8 +87,12 @@ class MDead:
 
 
 def size(record: Record) -> int:
-    body = record.body if isinstance(record, Event) else record.payload
-    return len(body) + ROW_OVERHEAD
+    """Bytes taken from ``max_bytes``: dead letters have their own budget."""
+    return len(record.body) + ROW_OVERHEAD if isinstance(record, Event) else 0
+
+
+#: Small, so that the model's ingest payloads (up to 304 bytes) are cut sometimes.
+PAYLOAD_LIMIT = 256
 
 
 def is_telemetry(record: Record) -> bool:
@@ -135,7 +143,14 @@ class StoreMachine(RuleBasedStateMachine):
         return self.store
 
     def used(self) -> int:
-        return sum(r.size for r in self.rows.values()) + sum(d.size for d in self.dead.values())
+        return sum(r.size for r in self.rows.values())
+
+    def dead_used(self) -> int:
+        return sum(d.size for d in self.dead.values())
+
+    @property
+    def dead_budget(self) -> int:
+        return self.max_bytes // 8
 
     def make(self, kind: str, type_: str, n: int) -> Record:
         if kind == "again" and self.known:
@@ -170,10 +185,8 @@ class StoreMachine(RuleBasedStateMachine):
         }
 
     def allowance(self) -> int:
-        """Bytes that enter without a capacity check: sink dead letters and replays."""
-        return sum(d.size for d in self.dead.values() if d.kind == "sink") + sum(
-            r.size for r in self.rows.values() if r.only_sink is not None
-        )
+        """Bytes that enter without a capacity check: replayed rows."""
+        return sum(r.size for r in self.rows.values() if r.only_sink is not None)
 
     def prune(self) -> int:
         if not self.cursors:
@@ -227,6 +240,7 @@ class StoreMachine(RuleBasedStateMachine):
                 need = sum(size(r) for r in kept)
                 if used + need > self.max_bytes:
                     result.full = True
+                    result.full_reason = "capacity"
                     break
                 result.dropped_telemetry += len(unit) - len(kept)
                 unit = kept
@@ -248,6 +262,19 @@ class StoreMachine(RuleBasedStateMachine):
             recent.add(e.event_id)
             result.inserted += 1
         result.dead_letters = len(ingest)
+        if ingest:
+            # New dead letters count too: a budget smaller than one may evict it at once.
+            total = self.dead_used() + sum(
+                min(len(r.payload), PAYLOAD_LIMIT) + ROW_OVERHEAD for r in ingest
+            )
+            # Oldest first: the stored ingest dead letters by id, then the new ones.
+            sizes = [d.size for _, d in sorted(self.dead.items()) if d.kind == "ingest"]
+            sizes += [min(len(r.payload), PAYLOAD_LIMIT) + ROW_OVERHEAD for r in ingest]
+            i = 0
+            while total > self.dead_budget and i < len(sizes):
+                total -= sizes[i]
+                i += 1
+            result.evicted_ingest_dead_letters = i
         return result, rows, ingest, top
 
     def remember(self, ids: list[str]) -> None:
@@ -267,6 +294,7 @@ class StoreMachine(RuleBasedStateMachine):
     def start(self, sinks: list[str], max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.store = Store(self.path, max_bytes=max_bytes, synchronous="NORMAL",
+                           dead_letter_payload_bytes=PAYLOAD_LIMIT,
                            dedup_window=DEDUP_WINDOW)
         assert self.store.open_report == OpenReport()
         self.cursors = dict.fromkeys(sinks, 0)
@@ -317,10 +345,17 @@ class StoreMachine(RuleBasedStateMachine):
         self.remember([after[s].event_id for s in sorted(new)])
         for r in ingest:
             self.dead[self.next_dead_id] = MDead(
-                self.next_dead_id, "ingest", None, None, r.reason, r.payload
+                self.next_dead_id, "ingest", None, None, r.reason, r.payload[:PAYLOAD_LIMIT]
             )
             self.next_dead_id += 1
+        for i in sorted(i for i, d in self.dead.items() if d.kind == "ingest")[
+            : result.evicted_ingest_dead_letters
+        ]:
+            del self.dead[i]
+        if result.evicted_ingest_dead_letters:
+            event("append: evicted ingest dead letters")
         self.counters.update(
+            evicted_ingest_dead_letters=result.evicted_ingest_dead_letters,
             evicted_telemetry=result.evicted_telemetry,
             dropped_telemetry=result.dropped_telemetry,
             ingest_dead_letters=result.dead_letters,
@@ -414,6 +449,7 @@ class StoreMachine(RuleBasedStateMachine):
                 )
             conn.close()  # no commit, no checkpoint
         self.store = Store(self.path, max_bytes=self.max_bytes, synchronous="NORMAL",
+                           dead_letter_payload_bytes=PAYLOAD_LIMIT,
                            dedup_window=DEDUP_WINDOW)
         self.reseed_recent()
         assert self.store.open_report == OpenReport()
@@ -507,6 +543,9 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.db.used_bytes == self.used()
         assert self.db._measure_used() == self.db.used_bytes
         assert self.db.used_bytes <= self.max_bytes + self.allowance()
+        assert self.db.dead_letter_bytes == self.dead_used() == self.db._measure_dead()
+        ingest = sum(d.size for d in self.dead.values() if d.kind == "ingest")
+        assert ingest <= self.dead_budget
 
     @invariant()
     def precious_rows_leave_only_when_delivered(self) -> None:
