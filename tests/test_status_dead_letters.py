@@ -30,7 +30,9 @@ TOKEN = "s3cret-status-token"
 def fill_store(path: Path, count: int, size: int) -> None:
     """``count`` ingest dead letters of ``size`` bytes each, id i's body starting with i."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(path, max_bytes=2 * 1024**3, synchronous="NORMAL")
+    # Kept whole (as sink dead letters of large events are), not cut to a prefix.
+    store = Store(path, max_bytes=2 * 1024**3, synchronous="NORMAL",
+                  dead_letter_max_bytes=2 * 1024**3, dead_letter_payload_bytes=max(256, size))
     try:
         for start_i in range(0, count, 50):
             store.append([[IngestDeadLetter(
@@ -77,6 +79,7 @@ async def test_pages_are_bounded_and_cover_every_id_once(tmp_path: Path,
                                                          broker: MosquittoBroker) -> None:
     count, size = 300, 500 * KiB
     cfg = site(tmp_path, broker, None)
+    cfg.store_extra.update(dead_letter_max_bytes="1 GiB", dead_letter_payload_bytes=size)
     fill_store(cfg.workdir / "buffer.db", count, size)
     with GatewayProcess(cfg) as gw:
         await start(gw)
