@@ -126,7 +126,9 @@ class HighWater:
         if self._written_at is not None and abs(now - self._written_at) < self.interval:
             return
         self._written_at = now
-        self.write(_top(conn))
+        # The commit has succeeded: nothing here may make the caller think otherwise.
+        with contextlib.suppress(sqlite3.Error):
+            self.write(_top(conn))
 
     def on_close(self, conn: sqlite3.Connection) -> None:
         """Record the mark in the sidecar and in the ``high_water_seq`` counter."""

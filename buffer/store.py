@@ -172,7 +172,7 @@ class OpenReport:
     salvaged_events: int = 0
     salvaged_dead_letters: int = 0
     reason: str | None = None
-    #: The salvage reader that found the most rows ("sql", "recover", "pages").
+    #: The salvage reader that brought back the most rows ("sql", "pages", "recover").
     salvage_method: str | None = None
     #: Event rows each salvage reader brought back (-1: reader not available).
     salvaged_by: tuple[tuple[str, int], ...] = ()
@@ -768,7 +768,8 @@ class Store:
             "dead_letters": {"sink": dl.get("sink", 0), "ingest": dl.get("ingest", 0)},
             "counters": self.counters(),
             "file_bytes": _file_bytes(self.path),
-            "open_report": dataclasses.asdict(self.open_report),
+            "open_report": {**dataclasses.asdict(self.open_report),
+                            "salvaged_by": dict(self.open_report.salvaged_by)},
         }
 
 

@@ -116,6 +116,7 @@ def test_truncated_to_half_salvages_the_intact_rows(db: Path) -> None:
     assert line["method"] == "pages"
     assert line["salvaged_by"]["pages"] == len(salvaged)
     assert store.stats()["open_report"]["salvage_method"] == "pages"
+    assert store.stats()["open_report"]["salvaged_by"]["pages"] == len(salvaged)
     assert store.cursors() == {"wms": 0}
     # seq continues above everything the old file handed out (invariant 2).
     store.append([[ev(99_999)]])
