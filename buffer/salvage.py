@@ -50,7 +50,7 @@ EventRow = tuple[int, str, str, int, str, str | None, float, bytes]
 DeadRow = tuple[int, str, str | None, str | None, str | None, str | None, str, bytes,
                 bytes | None, float]
 
-METHODS: Final = ("sql", "pages", "recover")
+METHODS: Final = ("sql", "recover", "pages")
 #: Seconds the ``.recover`` shell may take before it is given up on.
 RECOVER_TIMEOUT_S: Final = 300.0
 _HEADER_MAGIC: Final = b"SQLite format 3\x00"
@@ -688,7 +688,7 @@ def salvage(
     """Copy every readable row of the damaged store ``moved`` into ``dest``.
 
     ``dest`` has the store schema and no rows. Readers run in the order
-    ``sql``, ``pages``, ``recover``; a row another reader already brought
+    ``sql``, ``recover``, ``pages``; a row an earlier reader already brought
     back is not written again. ``seq`` keeps its value, and the new file's
     ``sqlite_sequence`` continues above everything the old one handed out
     (its sequence, any salvaged cursor or row, the recorded
@@ -702,7 +702,7 @@ def salvage(
     dest.execute("CREATE TEMP TABLE IF NOT EXISTS salvage_live(seq INTEGER PRIMARY KEY)")
     dest.execute("BEGIN IMMEDIATE")  # one commit (one fsync) for all salvaged rows
     try:
-        for method in ("sql", "pages", "recover"):
+        for method in METHODS:
             if method == "recover" and binary is None:
                 added[method] = found[method] = -1
                 continue

@@ -172,7 +172,7 @@ class OpenReport:
     salvaged_events: int = 0
     salvaged_dead_letters: int = 0
     reason: str | None = None
-    #: The salvage reader that brought back the most rows ("sql", "pages", "recover").
+    #: The salvage reader that brought back the most rows ("sql", "recover", "pages").
     salvage_method: str | None = None
     #: Event rows each salvage reader brought back (-1: reader not available).
     salvaged_by: tuple[tuple[str, int], ...] = ()
