@@ -18,6 +18,12 @@ At open, a file whose highest ``seq`` is below the recorded mark has been
 rewound: ``check`` reports it and moves ``sqlite_sequence`` above the mark
 plus ``REWIND_SEQ_MARGIN``, because the sidecar may lag the last commits by
 up to ``interval``.
+
+The mark alone misses a loss of only the last second of commits. A crash
+leaves the ``-shm`` file (the WAL index) behind, and its header says how many
+WAL frames were not yet copied into the main file: ``wal_lost_frames``
+reads it before SQLite opens the file, and a ``-wal`` missing (or too short)
+while such frames exist is a rewind too, whatever the mark says.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +57,46 @@ class Rewind:
     opened_at_seq: int
     #: None when the opener only reports (an operator command): the daemon repairs.
     resumes_at_seq: int | None
+    #: WAL frames (pages) not yet in the main file when the ``-wal`` went missing
+    #: (0: unknown, no ``-shm`` was left).
+    wal_frames_lost: int = 0
 
 
 def sidecar_path(store_path: Path) -> Path:
     """Where the high-water mark of the store at ``store_path`` is kept."""
     return store_path.with_name(store_path.name + ".seq")
+
+
+_WAL_INDEX_VERSION: Final = 3007000
+
+
+def wal_lost_frames(store_path: Path) -> int:
+    """WAL frames not yet checkpointed whose ``-wal`` file is gone (0: nothing lost).
+
+    Reads the WAL-index header the last writer left in ``<store>-shm`` (two
+    identical 48-byte copies in native byte order, then ``nBackfill``). Call
+    it before SQLite opens the store: opening rebuilds the index.
+    """
+    try:
+        with open(f"{store_path}-shm", "rb") as f:
+            data = f.read(100)
+    except OSError:
+        return 0
+    if len(data) < 100 or data[:48] != data[48:96]:
+        return 0  # no index, or one torn mid-write: nothing can be concluded
+    version, _unused, _change, is_init, _big_end, size, max_frame, _pages = struct.unpack(
+        "=IIIBBHII", data[:24])
+    (backfilled,) = struct.unpack_from("=I", data, 96)
+    if version != _WAL_INDEX_VERSION or not is_init or max_frame <= backfilled:
+        return 0
+    page_size = (size & 0xFF00) | ((size & 0x0001) << 16)  # how the index stores it
+    try:
+        wal_bytes = os.stat(f"{store_path}-wal").st_size
+    except OSError:
+        wal_bytes = 0
+    if wal_bytes >= 32 + max_frame * (24 + page_size):
+        return 0
+    return int(max_frame - backfilled)
 
 
 def _top(conn: sqlite3.Connection) -> int:
@@ -143,12 +185,14 @@ class HighWater:
                 (COUNTER, top),
             )
 
-    def check(self, conn: sqlite3.Connection) -> Rewind | None:
+    def check(self, conn: sqlite3.Connection, *, wal_frames_lost: int = 0) -> Rewind | None:
         """Compare the opened file with the recorded mark; repair ``seq`` if it was rewound.
 
         The mark is the largest of the sidecar, the ``high_water_seq``
         counter and every cursor (a cursor cannot be past a ``seq`` that was
-        never handed out).
+        never handed out). ``wal_frames_lost`` (from ``wal_lost_frames``,
+        taken before the file was opened) makes it a rewind even when the
+        mark has not caught up with the lost commits.
         """
         top = _top(conn)
         row = conn.execute(
@@ -159,10 +203,12 @@ class HighWater:
         recorded = self.read()
         self._written = max(self._written, recorded)
         mark = max(recorded, int(row[0] or 0))
-        if mark <= top:
+        if mark <= top and not wal_frames_lost:
             return None
+        mark = max(mark, top)
         if not self.record:
-            return Rewind(high_water_seq=mark, opened_at_seq=top, resumes_at_seq=None)
+            return Rewind(high_water_seq=mark, opened_at_seq=top, resumes_at_seq=None,
+                          wal_frames_lost=wal_frames_lost)
         resume = mark + REWIND_SEQ_MARGIN
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -180,4 +226,5 @@ class HighWater:
             raise
         conn.execute("COMMIT")
         self.write(resume)
-        return Rewind(high_water_seq=mark, opened_at_seq=top, resumes_at_seq=resume + 1)
+        return Rewind(high_water_seq=mark, opened_at_seq=top, resumes_at_seq=resume + 1,
+                      wal_frames_lost=wal_frames_lost)

@@ -56,7 +56,7 @@ import msgpack
 import structlog
 
 from buffer.highwater import COUNTER as HIGH_WATER_COUNTER
-from buffer.highwater import HighWater
+from buffer.highwater import HighWater, wal_lost_frames
 from buffer.salvage import salvage
 from gateway.events import Event, Priority
 
@@ -181,6 +181,7 @@ class OpenReport:
     high_water_seq: int | None = None
     opened_at_seq: int | None = None
     resumes_at_seq: int | None = None
+    wal_frames_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +257,7 @@ class Store:
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal_lost = wal_lost_frames(self.path)  # before any connection rebuilds the WAL index
         problem = self._check_file() if self._recover_enabled else None
         if problem is not None:
             conn = self._recover(problem)
@@ -264,7 +266,7 @@ class Store:
             self._init_schema(conn)
         # -- high-water mark: detect a rewound file (invariant 8) --
         self._high_water = HighWater(self.path, clock=self._clock, record=self._recover_enabled)
-        rewind = self._high_water.check(conn)
+        rewind = self._high_water.check(conn, wal_frames_lost=wal_lost)
         if rewind is not None:
             self.open_report = dataclasses.replace(
                 self.open_report, rewound=True, **dataclasses.asdict(rewind))

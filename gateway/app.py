@@ -180,7 +180,7 @@ class Gateway:
         if report.get("rewound"):
             alerts.append(
                 f"store file was rewound (its -wal file was lost?): it opened at seq "
-                f"{report.get('opened_at_seq')}, below its high-water mark "
+                f"{report.get('opened_at_seq')}, its high-water mark is "
                 f"{report.get('high_water_seq')}; events after seq {report.get('opened_at_seq')}"
                 f" that were not yet delivered are lost; seq resumes at "
                 f"{report.get('resumes_at_seq')}"

@@ -138,6 +138,50 @@ def test_clean_restarts_and_crashes_with_the_wal_are_not_rewinds(
         store.close()
 
 
+def test_lost_wal_is_detected_from_the_shm_when_the_mark_lags(db: Path, tmp_path: Path) -> None:
+    """The last second of commits lost with the WAL: the mark cannot show it, the -shm does."""
+    clock = FakeClock(1_790_000_000.0)  # never moves: the mark stays at the first commit
+    store = Store(db, synchronous="NORMAL", clock=clock)
+    store._conn.execute("PRAGMA wal_autocheckpoint = 0")
+    store.register_sinks(["wms"])
+    store.append([[ev(i)] for i in range(100)])
+    store._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the main file: seq 100
+    store.append([[ev(i)] for i in range(100, 150)])  # only in the WAL
+    assert not sidecar_path(db).exists()  # the clock has not moved: no mark written yet
+    copy = crash_copy(db, tmp_path / "crashed")
+    store.close()
+    Path(f"{copy}-wal").unlink()
+
+    with structlog.testing.capture_logs() as logs:
+        store = Store(copy, clock=clock)
+    report = store.open_report
+    assert report.rewound
+    assert (report.opened_at_seq, report.high_water_seq) == (100, 100)
+    assert report.wal_frames_lost > 0
+    assert report.resumes_at_seq == 100 + REWIND_SEQ_MARGIN + 1
+    (line,) = [e for e in logs if e["event"] == "store_rewound"]
+    assert line["wal_frames_lost"] == report.wal_frames_lost
+    store.append([[ev(10**6)]])
+    assert top(store) == 100 + REWIND_SEQ_MARGIN + 1
+    store.close()
+
+
+def test_deleting_a_fully_checkpointed_wal_loses_nothing_and_is_no_rewind(
+    db: Path, tmp_path: Path
+) -> None:
+    store = Store(db, clock=FakeClock(1_790_000_000.0))
+    store._conn.execute("PRAGMA wal_autocheckpoint = 0")
+    store.append([[ev(i)] for i in range(100)])
+    store._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    copy = crash_copy(db, tmp_path / "crashed")
+    store.close()
+    Path(f"{copy}-wal").unlink()
+    store = Store(copy)
+    assert store.open_report == OpenReport()
+    assert top(store) == 100
+    store.close()
+
+
 def test_sidecar_is_written_at_most_once_per_interval(db: Path) -> None:
     clock = FakeClock(1_790_000_000.0)
     store = Store(db, clock=clock)
@@ -211,11 +255,12 @@ async def test_gateway_alerts_after_sigkill_and_deleted_wal(
         report = status["store"]["open_report"]
         assert report["rewound"] is True
         assert report["high_water_seq"] == mark
+        assert report["wal_frames_lost"] > 0  # the -shm the crash left says so too
         opened = report["opened_at_seq"]
         assert opened < mark
         (alert,) = [a for a in status["alerts"] if "rewound" in a]
         assert f"opened at seq {opened}," in alert
-        assert f"high-water mark {mark};" in alert
+        assert f"high-water mark is {mark};" in alert
         assert f"seq resumes at {mark + REWIND_SEQ_MARGIN + 1}" in alert
         assert status["store"]["counters"]["store_rewinds"] == 1
         assert gw.log_events("store_rewound")
