@@ -39,6 +39,8 @@ from typing import Final
 
 import structlog
 
+from gateway.logs import LogThrottle
+
 log = structlog.get_logger(__name__)
 
 #: Seconds between two sidecar writes at most (plus one on close).
@@ -119,6 +121,8 @@ class HighWater:
         self.record = record
         self._written = -1
         self._written_at: float | None = None
+        # A full disk fails the write every second: one line a minute, with counts.
+        self._throttle = LogThrottle(log, 60.0, clock=clock)
 
     def read(self) -> int:
         """The mark in the sidecar file; 0 when it is missing or unreadable."""
@@ -156,7 +160,8 @@ class HighWater:
         except OSError as err:
             # A full disk or a read-only directory must not stop commits; the
             # next attempt comes with the next commit after ``interval``.
-            log.warning("store_high_water_write_failed", path=str(self.path), error=str(err))
+            self._throttle.log("warning", "store_high_water_write_failed", "write",
+                               path=str(self.path), error=str(err))
             return
         self._written = seq
 

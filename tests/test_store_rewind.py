@@ -197,6 +197,25 @@ def test_sidecar_is_written_at_most_once_per_interval(db: Path) -> None:
     store.close()
 
 
+def test_failing_sidecar_writes_never_fail_a_commit(db: Path) -> None:
+    clock = FakeClock(1_790_000_000.0)
+    blocker = Path(f"{sidecar_path(db)}.tmp")
+    blocker.mkdir(parents=True)  # the temporary file cannot be created
+    with structlog.testing.capture_logs() as logs:
+        store = Store(db, clock=clock)
+        for i in range(20):
+            assert store.append([[ev(i)]]).inserted == 1
+            clock.now += 1.5
+    failed = [e for e in logs if e["event"] == "store_high_water_write_failed"]
+    assert len(failed) == 1  # throttled: one line a minute
+    assert not sidecar_path(db).exists()
+    blocker.rmdir()
+    clock.now += 1.5
+    store.append([[ev(20)]])
+    assert sidecar_path(db).read_text() == "21\n"
+    store.close()
+
+
 def test_unreadable_sidecar_is_reported_and_does_not_stop_the_store(db: Path) -> None:
     sidecar_path(db).write_text("not a number\n")
     with structlog.testing.capture_logs() as logs:
