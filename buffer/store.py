@@ -28,9 +28,12 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    survive reopen.
 7. Opening a file that fails ``PRAGMA quick_check`` (or is not a database)
    moves it aside under a timestamped name, salvages every readable row into a
-   fresh file, and reports it in ``OpenReport`` — opening never raises for a
-   corrupt file.
-8. Dead letters have their own byte budget (``dead_letter_max_bytes``) and
+   fresh file (``buffer.salvage``), and reports it in ``OpenReport`` — opening
+   never raises for a corrupt file.
+8. A file that opens below its recorded high-water ``seq`` (``buffer.highwater``:
+   its ``-wal`` was lost) is reported as rewound and ``seq`` resumes above the
+   mark, so no ``seq`` upstream may have seen is handed out again.
+9. Dead letters have their own byte budget (``dead_letter_max_bytes``) and
    never count against ``max_bytes``, so they can never block an event.
    Policy when the budget is exceeded: the oldest *ingest* dead letters
    (raw source messages) are evicted first and counted
@@ -40,7 +43,7 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    enforced. An oversized ingest payload is kept as a bounded prefix
    (``dead_letter_payload_bytes``) with its original size and SHA-256 in the
    context.
-9. Disk space: ``append`` admits nothing while the file system holding the
+10. Disk space: ``append`` admits nothing while the file system holding the
    store has less than ``min_free_bytes`` available (free blocks plus the
    file's own free pages), and reports ``full_reason="disk"``. A preallocated
    ``<store>.reserve`` file is released when a cursor move (the only thing
@@ -57,6 +60,7 @@ thread for the asyncio side.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -70,6 +74,9 @@ from typing import Any, Final, Literal, NamedTuple
 import msgpack
 import structlog
 
+from buffer.highwater import COUNTER as HIGH_WATER_COUNTER
+from buffer.highwater import HighWater, wal_lost_frames
+from buffer.salvage import salvage
 from gateway.events import Event, Priority
 from gateway.logs import LogThrottle
 
@@ -82,7 +89,7 @@ SCHEMA_VERSION: Final = 1
 ROW_OVERHEAD: Final = 100
 #: Default share of ``max_bytes`` that dead letters may use on top of it.
 DEAD_LETTER_SHARE: Final = 8
-#: Defaults of the disk guards (see invariant 9).
+#: Defaults of the disk guards (see invariant 10).
 MIN_FREE_BYTES: Final = 64 * 1024**2
 RESERVE_BYTES: Final = 8 * 1024**2
 DEAD_LETTER_PAYLOAD_BYTES: Final = 4096
@@ -201,6 +208,16 @@ class OpenReport:
     salvaged_events: int = 0
     salvaged_dead_letters: int = 0
     reason: str | None = None
+    #: The salvage reader that brought back the most rows ("sql", "recover", "pages").
+    salvage_method: str | None = None
+    #: Event rows each salvage reader brought back (-1: reader not available).
+    salvaged_by: tuple[tuple[str, int], ...] = ()
+    #: The file opened below its recorded high-water ``seq`` (its WAL was lost).
+    rewound: bool = False
+    high_water_seq: int | None = None
+    opened_at_seq: int | None = None
+    resumes_at_seq: int | None = None
+    wal_frames_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +330,7 @@ class Store:
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal_lost = wal_lost_frames(self.path)  # before any connection rebuilds the WAL index
         if self._fs_free() < self.min_free_bytes:
             # Opening in WAL mode creates -wal and -shm; a full disk would fail that.
             self._release_reserve("open")
@@ -320,9 +338,18 @@ class Store:
             self.ensure_reserve()
         problem = self._check_file() if self._recover_enabled else None
         if problem is not None:
-            return self._recover(problem)
-        conn = self._connect()
-        self._init_schema(conn)
+            conn = self._recover(problem)
+        else:
+            conn = self._connect()
+            self._init_schema(conn)
+        # -- high-water mark: detect a rewound file (invariant 8) --
+        self._high_water = HighWater(self.path, clock=self._clock, record=self._recover_enabled)
+        rewind = self._high_water.check(conn, wal_frames_lost=wal_lost)
+        if rewind is not None:
+            self.open_report = dataclasses.replace(
+                self.open_report, rewound=True, **dataclasses.asdict(rewind))
+            log.error("store_rewound", path=str(self.path), **dataclasses.asdict(rewind),
+                      missing_seqs=rewind.high_water_seq - rewind.opened_at_seq)
         return conn
 
     def _check_file(self) -> str | None:
@@ -368,17 +395,21 @@ class Store:
                   reason=reason)
         conn = self._connect()
         self._init_schema(conn)
-        events, dead = _salvage(moved, conn)
+        got = salvage(moved, conn)
+        events, dead = got.events, got.dead_letters
         self.open_report = OpenReport(
             corrupt=True,
             moved_to=str(moved),
             salvaged_events=events,
             salvaged_dead_letters=dead,
             reason=reason,
+            salvage_method=got.method,
+            salvaged_by=tuple(got.added.items()),
         )
         self._bump(conn, {"store_corruptions": 1, "salvaged_events": events})
         log.error("store_salvaged", path=str(self.path), moved_to=str(moved),
-                  salvaged_events=events, salvaged_dead_letters=dead)
+                  salvaged_events=events, salvaged_dead_letters=dead, method=got.method,
+                  salvaged_by=got.added, found=got.found, seq_continues_above=got.high_seq)
         return conn
 
     def _measure_used(self) -> int:
@@ -506,6 +537,7 @@ class Store:
 
     def close(self) -> None:
         """Close the connection. Everything committed is on disk already."""
+        self._high_water.on_close(self._conn)
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
 
@@ -522,6 +554,7 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._high_water.after_commit(conn)
 
     @staticmethod
     def _bump(conn: sqlite3.Connection, deltas: dict[str, int]) -> None:
@@ -539,9 +572,9 @@ class Store:
         Commits the longest prefix of units that fits the capacity after
         evicting telemetry; ``units_committed`` says how many. Telemetry that
         does not fit is dropped and counted instead of blocking. Commits
-        nothing (``full_reason="disk"``) while the disk is low (invariant 9).
+        nothing (``full_reason="disk"``) while the disk is low (invariant 10).
         Ingest dead letters do not count against capacity; oversized payloads
-        are cut and old ingest dead letters evicted to their budget (invariant 8).
+        are cut and old ingest dead letters evicted to their budget (invariant 9).
         """
         result = AppendResult()
         if not units:
@@ -660,7 +693,7 @@ class Store:
         """Delete the oldest ingest dead letters until ``total`` fits the budget.
 
         Returns (dead letters evicted, bytes freed). Sink dead letters are
-        never touched (invariant 8).
+        never touched (invariant 9).
         """
         over = total - self.dead_letter_max_bytes
         evicted = freed = 0
@@ -682,7 +715,7 @@ class Store:
         return evicted, freed
 
     def _check_dead_letter_budget(self) -> None:
-        """Report sink dead letters overrunning the budget (they are kept: invariant 8)."""
+        """Report sink dead letters overrunning the budget (they are kept: invariant 9)."""
         over = self.dead_letter_bytes > self.dead_letter_max_bytes
         if over and not self._dl_over_budget:
             log.error("dead_letters_over_budget", dead_letter_bytes=self.dead_letter_bytes,
@@ -1033,7 +1066,10 @@ class Store:
 
     def counters(self) -> dict[str, int]:
         """Counters that survive restarts (evictions, duplicates, dead letters...)."""
-        return dict(self._conn.execute("SELECT name, value FROM counters").fetchall())
+        # The high-water mark shares the table (it survives salvage) but is not a count.
+        return dict(self._conn.execute(
+            "SELECT name, value FROM counters WHERE name != ?", (HIGH_WATER_COUNTER,)
+        ).fetchall())
 
     def stats(self) -> dict[str, Any]:
         """A cheap snapshot for the status page and metrics."""
@@ -1061,12 +1097,8 @@ class Store:
             "dead_letters": {"sink": dl.get("sink", 0), "ingest": dl.get("ingest", 0)},
             "counters": self.counters(),
             "file_bytes": _file_bytes(self.path),
-            "open_report": {
-                "corrupt": self.open_report.corrupt,
-                "moved_to": self.open_report.moved_to,
-                "salvaged_events": self.open_report.salvaged_events,
-                "reason": self.open_report.reason,
-            },
+            "open_report": {**dataclasses.asdict(self.open_report),
+                            "salvaged_by": dict(self.open_report.salvaged_by)},
         }
 
 
@@ -1131,108 +1163,3 @@ def _file_bytes(path: Path) -> int:
         with contextlib.suppress(OSError):
             total += os.stat(str(path) + suffix).st_size
     return total
-
-
-def _salvage(moved: Path, dest: sqlite3.Connection) -> tuple[int, int]:
-    """Copy every readable row of a damaged store into ``dest``; return counts.
-
-    Reads in seq order in chunks; when a chunk fails, creeps up to the damage
-    one row at a time, then steps over the damaged range (``_step_over``), so
-    a bad page costs only the rows on it. The new file's ``seq`` continues
-    above everything the old one handed out, so salvaged cursors stay valid.
-    """
-    try:
-        src = sqlite3.connect(f"file:{moved}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return 0, 0
-    events = dead = 0
-    try:
-        sql = (
-            "SELECT seq, event_id, type, priority, device, only_sink, created, body"
-            " FROM events WHERE seq >= ? ORDER BY seq LIMIT ?"
-        )
-        start: int | None = 0
-        limit = 500
-        while start is not None:
-            try:
-                rows = src.execute(sql, (start, limit)).fetchall()
-            except sqlite3.Error:
-                if limit > 1:
-                    limit = 1  # creep up to the damage one row at a time
-                else:
-                    start, limit = _step_over(src, sql, start), 500
-                continue
-            if not rows:
-                break
-            before = dest.total_changes
-            dest.executemany(
-                "INSERT OR IGNORE INTO events(seq, event_id, type, priority, device, only_sink,"
-                " created, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            events += dest.total_changes - before
-            start = rows[-1][0] + 1
-        high = 0
-        with contextlib.suppress(sqlite3.Error):
-            cursors = src.execute("SELECT sink, seq, updated FROM cursors").fetchall()
-            dest.executemany("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", cursors)
-            high = max((int(c[1]) for c in cursors), default=0)
-        with contextlib.suppress(sqlite3.Error, TypeError):
-            row = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            high = max(high, 0 if row is None else int(row[0]))
-        # Lost newest rows or a lost sqlite_sequence must not restart seq below
-        # a salvaged cursor: its reader would skip the new rows (invariant 2).
-        if (
-            high > Store._top(dest)
-            and not dest.execute(
-                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (high,)
-            ).rowcount
-        ):
-            dest.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('events', ?)", (high,))
-        with contextlib.suppress(sqlite3.Error):
-            rows = src.execute(
-                "SELECT kind, sink, device, event_id, type, reason, body, context, created"
-                " FROM dead_letters ORDER BY id"
-            ).fetchall()
-            dest.executemany(
-                "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
-                " context, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            dead = len(rows)
-        with contextlib.suppress(sqlite3.Error):
-            counters = src.execute("SELECT name, value FROM counters").fetchall()
-            dest.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", counters)
-    finally:
-        src.close()
-    return events, dead
-
-
-def _step_over(src: sqlite3.Connection, sql: str, bad: int) -> int | None:
-    """Return the smallest ``start > bad`` from which ``sql`` reads again, or None.
-
-    Reading ``seq >= bad`` fails. Probes with doubling strides for a point that
-    reads, then bisects back, so readable rows right after the damage are kept.
-    """
-
-    def reads(start: int) -> bool:
-        try:
-            src.execute(sql, (start, 1)).fetchall()
-        except sqlite3.Error:
-            return False
-        return True
-
-    lo, stride = bad, 1
-    while not reads(lo + stride):
-        lo += stride
-        stride *= 2
-        if lo + stride >= 1 << 62:
-            return None
-    hi = lo + stride
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if reads(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi

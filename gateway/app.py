@@ -235,6 +235,14 @@ class Gateway:
                 f"store file was corrupt and moved to {report.get('moved_to')}; "
                 f"{report.get('salvaged_events')} events salvaged"
             )
+        if report.get("rewound"):
+            alerts.append(
+                f"store file was rewound (its -wal file was lost?): it opened at seq "
+                f"{report.get('opened_at_seq')}, its high-water mark is "
+                f"{report.get('high_water_seq')}; events after seq {report.get('opened_at_seq')}"
+                f" that were not yet delivered are lost; seq resumes at "
+                f"{report.get('resumes_at_seq')}"
+            )
         return {
             "site": self.cfg.site.id,
             "pid": os.getpid(),
