@@ -153,6 +153,10 @@ class HttpSinkConfig(_SinkBase):
     backoff_max: PositiveDuration = 60.0
     retry_after_max: PositiveDuration = 900.0
     auth_retry: PositiveDuration = 30.0
+    max_response_bytes: Annotated[ByteSize, Field(gt=0)] = 1024**2
+    pause_after_failures: Annotated[int, Field(ge=1)] = 5
+    paused_retry: PositiveDuration = 60.0
+    follow_redirects: bool = False
     headers: dict[str, str] = {}
 
     @model_validator(mode="before")

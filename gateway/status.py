@@ -93,8 +93,9 @@ def render_metrics(snap: dict[str, Any]) -> str:
            [(f'{{sink="{_label(s)}"}}', v["events_delivered"]) for s, v in sinks.items()])
     metric("wh_sink_dead_letters_total", "counter", "Events a sink's upstream rejected",
            [(f'{{sink="{_label(s)}"}}', v["dead_letters"]) for s, v in sinks.items()])
-    metric("wh_sink_paused", "gauge", "1 while a sink is paused on an authentication failure",
-           [(f'{{sink="{_label(s)}"}}', int(v.get("state") == "paused_auth"))
+    metric("wh_sink_paused", "gauge",
+           "1 while a sink is paused (credentials refused, or replies it cannot interpret)",
+           [(f'{{sink="{_label(s)}"}}', int(str(v.get("state", "")).startswith("paused")))
             for s, v in sinks.items()])
     devices = snap["devices"]
     metric("wh_device_connected", "gauge", "1 while the device's connection is up",
