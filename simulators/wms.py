@@ -20,9 +20,12 @@ reject rule, so ``duplicates == received - unique - rejected``. A hostile
 reply accepts nothing, whatever its status (a 200 with a garbage body
 included): it only counts in ``requests``, ``status_counts`` and
 ``hostile_requests``, so ``unique`` and ``received`` are exactly what the
-simulator really accepted. A request that a 307 sends to the ingest path on
-the control listener is accepted there by the normal rules and counts like
-any other.
+simulator really accepted. Two replies are true to what they say and count
+by the normal rules: a request that a 307 sends to the ingest path on the
+control listener is accepted there, and the ``reason_not_string`` variant of
+``malformed_rejected`` (a well-formed partial rejection but for the type of
+its reason, which the upstream contract reads as such) really accepts the
+batch but its first new event, counted in ``rejected``.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ _HOSTILE_MODES: tuple[HostileMode, ...] = (
 RedirectTarget = Literal["control", "self"]
 _REDIRECT_TARGETS: tuple[RedirectTarget, ...] = ("control", "self")
 
-#: Variants of ``malformed_rejected``, used in turn, one per hostile request.
+#: Variants of ``malformed_rejected``, used in turn (one per hostile request)
+#: unless ``Faults.hostile_variant`` names one.
 MALFORMED_REJECTED_VARIANTS: tuple[str, ...] = (
     "id_list",
     "id_object",
@@ -126,6 +130,7 @@ class Faults:
     hostile_count: int = 1
     hostile_body_bytes: int = 1024**3
     hostile_redirect_to: RedirectTarget = "control"
+    hostile_variant: str | None = None
     hostile_interval_ms: float = 100.0
     seed: int = 0
 
@@ -207,6 +212,9 @@ _FAULT_CHECKS: dict[str, Callable[[object], object]] = {
     "hostile_count": _check(lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
     "hostile_body_bytes": _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "hostile_redirect_to": _check(lambda v: v in _REDIRECT_TARGETS, "|".join(_REDIRECT_TARGETS)),
+    "hostile_variant": _optional(
+        _check(lambda v: v in MALFORMED_REJECTED_VARIANTS, "|".join(MALFORMED_REJECTED_VARIANTS))
+    ),
     "hostile_interval_ms": _check(
         lambda v: _is_number(v) and 0 < v <= 60_000, "a number > 0 and <= 60000", float
     ),
@@ -631,12 +639,15 @@ class WmsSimulator:
         if mode == "garbage_2xx":
             response = web.Response(body=_LANDING_PAGE, content_type="text/html")
         elif mode == "malformed_rejected":
-            variant = MALFORMED_REJECTED_VARIANTS[
+            variant = faults.hostile_variant or MALFORMED_REJECTED_VARIANTS[
                 self._malformed_turn % len(MALFORMED_REJECTED_VARIANTS)
             ]
             self._malformed_turn += 1
             entry["variant"] = variant
-            response = web.json_response(_malformed_rejected(variant, body))
+            if variant == "reason_not_string":
+                response = self._reject_first(body, float(entry["wall"]), entry)
+            else:
+                response = web.json_response(_malformed_rejected(variant))
         elif mode == "redirect":
             location = f"{self.control_url}{LANDING_PATH}"
             entry["location"] = location
@@ -726,18 +737,10 @@ class WmsSimulator:
             if self._rng.random() < faults.error_rate:
                 return _error(500, "injected server error")
 
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return _error(400, "body is not valid JSON")
-        events = doc.get("events") if type(doc) is dict else None
-        if type(events) is not list:
-            return _error(400, 'body must be a JSON object with an "events" list')
-        for i, ev in enumerate(events):
-            if type(ev) is not dict or type(ev.get("event_id")) is not str:
-                return _error(400, f"events[{i}] is not an object with a string event_id")
+        events = _parse_events(body)
+        if isinstance(events, web.Response):
+            return events
         entry["events"] = len(events)
-        events = cast(list[dict[str, Any]], events)
 
         seen = self._seen
         new: list[dict[str, Any]] = []
@@ -777,6 +780,33 @@ class WmsSimulator:
                     seen.add(eid)
                     new.append(ev)
 
+        self._kept.add(new, wall)
+        self._received += len(events)
+        self._duplicates += duplicates
+        self._rejected += len(rejected)
+        return web.json_response(
+            {"accepted": len(new), "duplicates": duplicates, "rejected": rejected}
+        )
+
+    def _reject_first(self, body: bytes, wall: float, entry: dict[str, Any]) -> web.Response:
+        """Accept the batch but its first new event, rejected with a non-string reason."""
+        events = _parse_events(body)
+        if isinstance(events, web.Response):
+            return events
+        entry["events"] = len(events)
+        seen = self._seen
+        new: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        duplicates = 0
+        for ev in events:
+            eid = ev["event_id"]
+            if eid in seen:
+                duplicates += 1
+            elif not rejected:
+                rejected.append({"event_id": eid, "reason": {"code": 17, "text": "tote blocked"}})
+            else:
+                seen.add(eid)
+                new.append(ev)
         self._kept.add(new, wall)
         self._received += len(events)
         self._duplicates += duplicates
@@ -868,20 +898,28 @@ class WmsSimulator:
         return web.json_response(self.stats())
 
 
-def _malformed_rejected(variant: str, body: bytes) -> dict[str, Any]:
-    """A 200 reply whose ``rejected`` part breaks the contract in one way."""
+def _parse_events(body: bytes) -> list[dict[str, Any]] | web.Response:
+    """The events of an ingest body, or the 400 answer saying what is wrong."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return _error(400, "body is not valid JSON")
+    events = doc.get("events") if type(doc) is dict else None
+    if type(events) is not list:
+        return _error(400, 'body must be a JSON object with an "events" list')
+    for i, ev in enumerate(events):
+        if type(ev) is not dict or type(ev.get("event_id")) is not str:
+            return _error(400, f"events[{i}] is not an object with a string event_id")
+    return cast(list[dict[str, Any]], events)
+
+
+def _malformed_rejected(variant: str) -> dict[str, Any]:
+    """A 200 reply that accepts nothing, its ``rejected`` broken in one way."""
     if variant == "id_list":
         return {"accepted": 0, "rejected": [{"event_id": ["x"], "reason": "bad"}]}
     if variant == "id_object":
         return {"accepted": 0, "rejected": [{"event_id": {"id": "x"}, "reason": "bad"}]}
-    if variant == "rejected_not_list":
-        return {"accepted": 0, "rejected": "all of them"}
-    # reason_not_string: a real id of the batch, so that a client reading the
-    # reply leniently would take every other event for accepted.
-    first: object = "x"
-    with contextlib.suppress(ValueError, TypeError, KeyError, IndexError, AttributeError):
-        first = json.loads(body)["events"][0]["event_id"]
-    return {"accepted": 0, "rejected": [{"event_id": first, "reason": {"code": 17}}]}
+    return {"accepted": 0, "rejected": "all of them"}  # rejected_not_list
 
 
 # -- command line ----------------------------------------------------------
@@ -923,6 +961,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where redirect_307 points: the ingest path on the control listener, or itself",
     )
     parser.add_argument(
+        "--hostile-variant",
+        default=None,
+        choices=MALFORMED_REJECTED_VARIANTS,
+        help="malformed_rejected: always this variant (default: each in turn)",
+    )
+    parser.add_argument(
         "--hostile-interval-ms", type=float, default=100.0, help="pause between endless_body chunks"
     )
     parser.add_argument("--keep-events", type=int, default=1_000_000)
@@ -944,6 +988,7 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
         "hostile_count": args.hostile_count,
         "hostile_body_bytes": args.hostile_body_bytes,
         "hostile_redirect_to": args.hostile_redirect_to,
+        "hostile_variant": args.hostile_variant,
         "hostile_interval_ms": args.hostile_interval_ms,
         "seed": args.seed,
     }

@@ -95,7 +95,9 @@ def test_cli_flags_set_hostile_faults() -> None:
     faults = _faults_from_args(parser.parse_args([
         "--hostile", "huge_body", "--hostile-body-bytes", "4096",
         "--hostile-redirect-to", "self", "--hostile-interval-ms", "5",
+        "--hostile-variant", "id_object",
     ]))
+    assert faults.hostile_variant == "id_object"
     assert faults.hostile == "huge_body"
     assert faults.hostile_count == -1, "from the command line a hostile WMS stays hostile"
     assert faults.hostile_body_bytes == 4096
@@ -136,18 +138,38 @@ async def test_malformed_rejected_cycles_through_variants(
 ) -> None:
     await set_faults(http, sim, hostile="malformed_rejected", hostile_count=-1)
     docs = []
-    for _ in MALFORMED_REJECTED_VARIANTS:
+    for _ in MALFORMED_REJECTED_VARIANTS[:3]:
         async with http.post(sim.url, json=batch("e1", "e2")) as resp:
             assert resp.status == 200
             docs.append(await resp.json())
     assert docs[0]["rejected"] == [{"event_id": ["x"], "reason": "bad"}]
     assert isinstance(docs[1]["rejected"][0]["event_id"], dict)
     assert docs[2]["rejected"] == "all of them"
-    # A real id of the batch with a reason that is not a string.
-    assert docs[3]["rejected"] == [{"event_id": "e1", "reason": {"code": 17}}]
+    assert_nothing_accepted(sim, hostile=3)
+    # The fourth is a real partial rejection whose reason is not a string:
+    # true to what it says, the rest of the batch is accepted.
+    async with http.post(sim.url, json=batch("e1", "e2", "e3")) as resp:
+        doc = await resp.json()
+    assert doc["rejected"] == [{"event_id": "e1", "reason": {"code": 17, "text": "tote blocked"}}]
+    assert doc["accepted"] == 2
+    assert sim.accepted_ids() == {"e2", "e3"}
+    stats = sim.stats()
+    assert stats["received"] == 3 and stats["rejected"] == 1 and stats["hostile_requests"] == 4
     assert [r["variant"] for r in sim.requests] == list(MALFORMED_REJECTED_VARIANTS)
-    assert_nothing_accepted(sim, hostile=4)
     assert sim.faults.hostile_count == -1, "-1 stays until changed"
+
+
+async def test_malformed_rejected_pinned_variant(
+    sim: WmsSimulator, http: aiohttp.ClientSession
+) -> None:
+    await set_faults(http, sim, hostile="malformed_rejected", hostile_count=-1,
+                     hostile_variant="rejected_not_list")
+    for _ in range(3):
+        async with http.post(sim.url, json=batch("e1")) as resp:
+            assert (await resp.json())["rejected"] == "all of them"
+    assert_nothing_accepted(sim, hostile=3)
+    with pytest.raises(FaultError, match="hostile_variant"):
+        validate_faults({"hostile_variant": "id_banana"})
 
 
 async def test_redirect_302_to_landing_page_accepts_nothing(
