@@ -640,3 +640,23 @@ async def test_dead_letter_warnings_are_one_line_per_kind_and_interval(
         assert lines[0]["first_reason"] == "unknown sku"
         assert sink._throttle.held_back(("wms", "dead_letters", "rejected")) == 19
         assert sink.snapshot()["dead_letters"] == 20
+
+
+async def test_followed_redirect_to_another_host_does_not_carry_the_token(
+    make_sink: Callable[..., HttpSink], tmp_path: Path
+) -> None:
+    rows = make_rows(3)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n", encoding="utf-8")
+    async with HostileWms() as wms:
+        # Same loopback server, other host name: the token is for the configured host only.
+        wms.plan = [redirect(308, f"http://localhost:{wms.port}/v2/ingest")]
+        wms.routes["/v2/ingest"] = wms.accept
+        sink = make_sink(wms.url, follow_redirects=True, token_file=token)
+        assert await deliver(sink, rows) == []
+        first, second = wms.requests
+        assert first["authorization"] == "Bearer s3cret"
+        assert second["path"] == "/v2/ingest"
+        assert second["authorization"] is None
+        assert second["body"] == first["body"]
+        assert wms.accepted == [r.event_id for r in rows]
