@@ -8,10 +8,24 @@ latency, rejections, auth, size limits) are injected on request, in process
 The control API (stats, recorded events, faults) has a listener of its own so
 that it stays reachable while the ingest listener is down for an outage.
 
-Counting rules: ``received`` counts the events of requests that were answered
-2xx; each of them is then exactly one of new (``unique`` grows), duplicate
-(its ``event_id`` was accepted before) or rejected by the reject rule, so
-``duplicates == received - unique - rejected``.
+Hostile faults (``Faults.hostile``) rehearse a misbehaving WMS: a 200 whose
+body is an HTML page or a malformed ``rejected`` list, redirects, a huge or an
+endless body, an HTML 502. The huge and endless bodies are generated while
+streaming, never held in memory.
+
+Counting rules: ``received`` counts the events of requests that the normal
+ingest path answered 2xx; each of them is then exactly one of new (``unique``
+grows), duplicate (its ``event_id`` was accepted before) or rejected by the
+reject rule, so ``duplicates == received - unique - rejected``. A hostile
+reply accepts nothing, whatever its status (a 200 with a garbage body
+included): it only counts in ``requests``, ``status_counts`` and
+``hostile_requests``, so ``unique`` and ``received`` are exactly what the
+simulator really accepted. Two replies are true to what they say and count
+by the normal rules: a request that a 307 sends to the ingest path on the
+control listener is accepted there, and the ``reason_not_string`` variant of
+``malformed_rejected`` (a well-formed partial rejection but for the type of
+its reason, which the upstream contract reads as such) really accepts the
+batch but its first new event, counted in ``rejected``.
 """
 
 from __future__ import annotations
@@ -44,6 +58,47 @@ log = structlog.get_logger(__name__)
 RejectMode = Literal["partial", "batch400", "batch422"]
 _REJECT_MODES: tuple[RejectMode, ...] = ("partial", "batch400", "batch422")
 
+HostileMode = Literal[
+    "garbage_2xx",
+    "malformed_rejected",
+    "redirect",
+    "redirect_307",
+    "huge_body",
+    "endless_body",
+    "html_5xx",
+]
+_HOSTILE_MODES: tuple[HostileMode, ...] = (
+    "garbage_2xx",
+    "malformed_rejected",
+    "redirect",
+    "redirect_307",
+    "huge_body",
+    "endless_body",
+    "html_5xx",
+)
+RedirectTarget = Literal["control", "self"]
+_REDIRECT_TARGETS: tuple[RedirectTarget, ...] = ("control", "self")
+
+#: Variants of ``malformed_rejected``, used in turn (one per hostile request)
+#: unless ``Faults.hostile_variant`` names one.
+MALFORMED_REJECTED_VARIANTS: tuple[str, ...] = (
+    "id_list",
+    "id_object",
+    "rejected_not_list",
+    "reason_not_string",
+)
+LANDING_PATH = "/landing"
+_LANDING_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>WMS portal</title></head>\n"
+    b"<body><h1>Welcome to the WMS portal</h1><p>Please sign in.</p></body></html>\n"
+)
+_BAD_GATEWAY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body>"
+    b"</html>\n"
+)
+_STREAM_CHUNK = 64 * 1024
+
 _CLIENT_MAX_SIZE = 256 * 1024 * 1024
 _REQUEST_LOG_LEN = 10_000
 _EVENTS_PAGE_MAX = 100_000
@@ -53,8 +108,8 @@ _EVENTS_PAGE_MAX = 100_000
 class Faults:
     """Faults the simulator injects; mutable while it runs.
 
-    Counts (``retry_after_count``, ``force_status_count``) are decremented per
-    affected request; ``-1`` means every request until changed. ``outage`` only
+    Counts (``retry_after_count``, ``force_status_count``, ``hostile_count``)
+    are decremented per affected request; ``-1`` means every request until changed. ``outage`` only
     reflects the listener state: change it with :meth:`WmsSimulator.set_outage`.
     """
 
@@ -71,6 +126,12 @@ class Faults:
     force_status: int | None = None
     force_status_count: int = 1
     max_body_bytes: int | None = None
+    hostile: HostileMode | None = None
+    hostile_count: int = 1
+    hostile_body_bytes: int = 1024**3
+    hostile_redirect_to: RedirectTarget = "control"
+    hostile_variant: str | None = None
+    hostile_interval_ms: float = 100.0
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +208,16 @@ _FAULT_CHECKS: dict[str, Callable[[object], object]] = {
     "force_status": _optional(_check(lambda v: _is_int(v) and 200 <= v <= 599, "a status 200-599")),
     "force_status_count": _check(lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
     "max_body_bytes": _optional(_check(lambda v: _is_int(v) and v >= 0, "an integer >= 0")),
+    "hostile": _optional(_check(lambda v: v in _HOSTILE_MODES, "|".join(_HOSTILE_MODES))),
+    "hostile_count": _check(lambda v: _is_int(v) and v >= -1, "an integer >= -1"),
+    "hostile_body_bytes": _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "hostile_redirect_to": _check(lambda v: v in _REDIRECT_TARGETS, "|".join(_REDIRECT_TARGETS)),
+    "hostile_variant": _optional(
+        _check(lambda v: v in MALFORMED_REJECTED_VARIANTS, "|".join(MALFORMED_REJECTED_VARIANTS))
+    ),
+    "hostile_interval_ms": _check(
+        lambda v: _is_number(v) and 0 < v <= 60_000, "a number > 0 and <= 60000", float
+    ),
     "seed": _check(_is_int, "an integer"),
 }
 
@@ -297,6 +368,8 @@ class WmsSimulator:
         self._duplicates = 0
         self._rejected = 0
         self._rejected_requests = 0
+        self._hostile_requests = 0
+        self._malformed_turn = 0
         self._request_count = 0
         self._status_counts: dict[int, int] = {}
         self._request_log: deque[dict[str, Any]] = deque(maxlen=_REQUEST_LOG_LEN)
@@ -329,7 +402,12 @@ class WmsSimulator:
         """Bind both listeners and start serving."""
         ingest = web.Application(client_max_size=_CLIENT_MAX_SIZE)
         ingest.router.add_post(self.path, self._handle_ingest)
+        ingest.router.add_get(LANDING_PATH, self._handle_landing)
         control = web.Application(client_max_size=_CLIENT_MAX_SIZE)
+        # Targets of the hostile redirects: a landing page that answers a GET
+        # (where a followed 302 ends) and the ingest path (where a 307 points).
+        control.router.add_get(LANDING_PATH, self._handle_landing)
+        control.router.add_post(self.path, self._handle_moved_ingest)
         control.router.add_get("/healthz", self._handle_healthz)
         control.router.add_get("/stats", self._handle_stats)
         control.router.add_get("/events", self._handle_events)
@@ -454,6 +532,7 @@ class WmsSimulator:
         self._seen.clear()
         self._received = self._duplicates = self._rejected = 0
         self._rejected_requests = self._request_count = 0
+        self._hostile_requests = self._malformed_turn = 0
         self._status_counts.clear()
         self._request_log.clear()
         self._rng.seed(self.faults.seed)
@@ -462,13 +541,14 @@ class WmsSimulator:
     # -- observations ------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters: received, unique, duplicates, rejected, requests, status_counts."""
+        """Counters: received, unique, duplicates, rejected, requests, status_counts..."""
         return {
             "received": self._received,
             "unique": len(self._seen),
             "duplicates": self._duplicates,
             "rejected": self._rejected,
             "rejected_requests": self._rejected_requests,
+            "hostile_requests": self._hostile_requests,
             "requests": self._request_count,
             "status_counts": {str(k): v for k, v in sorted(self._status_counts.items())},
             "events_kept": len(self._kept),
@@ -491,7 +571,18 @@ class WmsSimulator:
 
     # -- ingest ------------------------------------------------------------
 
-    async def _handle_ingest(self, request: web.Request) -> web.Response:
+    async def _handle_ingest(self, request: web.Request) -> web.StreamResponse:
+        return await self._ingest(request, hostile_ok=True)
+
+    async def _handle_moved_ingest(self, request: web.Request) -> web.StreamResponse:
+        # The ingest path on the control listener: where a 307 points. It never
+        # answers with a hostile reply itself, so following the 307 ends here.
+        return await self._ingest(request, hostile_ok=False)
+
+    async def _handle_landing(self, request: web.Request) -> web.Response:
+        return web.Response(body=_LANDING_PAGE, content_type="text/html")
+
+    async def _ingest(self, request: web.Request, *, hostile_ok: bool) -> web.StreamResponse:
         t = time.monotonic()
         wall = time.time()
         faults = self.faults
@@ -508,11 +599,113 @@ class WmsSimulator:
             "authorization": headers.get("Authorization"),
             "bytes": len(body),
         }
+        if not hostile_ok:
+            entry["listener"] = "control"
+        hostile = self._take_hostile(faults, headers.get("Authorization")) if hostile_ok else None
+        if hostile is not None:
+            entry["hostile"] = hostile
+            self._hostile_requests += 1
+            return await self._hostile_reply(request, faults, hostile, body, entry)
         response = self._decide(faults, headers.get("Authorization"), body, wall, entry)
-        entry["status"] = response.status
+        self._record(entry, response.status)
+        return response
+
+    def _record(self, entry: dict[str, Any], status: int) -> None:
+        entry["status"] = status
         self._request_log.append(entry)
         self._request_count += 1
-        self._status_counts[response.status] = self._status_counts.get(response.status, 0) + 1
+        self._status_counts[status] = self._status_counts.get(status, 0) + 1
+
+    def _take_hostile(self, faults: Faults, authorization: str | None) -> HostileMode | None:
+        """The hostile mode for this request, using up one of its count, or None."""
+        if faults.hostile is None or faults.hostile_count == 0:
+            return None
+        # A wrong token still gets its 401: the hostile reply is the WMS's
+        # answer to an authenticated request.
+        if faults.token is not None and authorization != f"Bearer {faults.token}":
+            return None
+        if faults.hostile_count > 0:
+            faults.hostile_count -= 1
+        return faults.hostile
+
+    async def _hostile_reply(
+        self,
+        request: web.Request,
+        faults: Faults,
+        mode: HostileMode,
+        body: bytes,
+        entry: dict[str, Any],
+    ) -> web.StreamResponse:
+        if mode == "garbage_2xx":
+            response = web.Response(body=_LANDING_PAGE, content_type="text/html")
+        elif mode == "malformed_rejected":
+            variant = faults.hostile_variant or MALFORMED_REJECTED_VARIANTS[
+                self._malformed_turn % len(MALFORMED_REJECTED_VARIANTS)
+            ]
+            self._malformed_turn += 1
+            entry["variant"] = variant
+            if variant == "reason_not_string":
+                response = self._reject_first(body, float(entry["wall"]), entry)
+            else:
+                response = web.json_response(_malformed_rejected(variant))
+        elif mode == "redirect":
+            location = f"{self.control_url}{LANDING_PATH}"
+            entry["location"] = location
+            response = web.Response(
+                status=302, headers={"Location": location}, body=b"", content_type="text/html"
+            )
+        elif mode == "redirect_307":
+            base = self.control_url if faults.hostile_redirect_to == "control" else self.url
+            location = base + self.path if faults.hostile_redirect_to == "control" else base
+            entry["location"] = location
+            response = web.Response(status=307, headers={"Location": location})
+        elif mode == "html_5xx":
+            response = web.Response(status=502, body=_BAD_GATEWAY_PAGE, content_type="text/html")
+        else:
+            self._record(entry, 200)
+            if mode == "huge_body":
+                return await self._stream_huge(request, faults.hostile_body_bytes)
+            return await self._stream_endless(request, faults.hostile_interval_ms / 1000)
+        self._record(entry, response.status)
+        return response
+
+    async def _stream_huge(self, request: web.Request, size: int) -> web.StreamResponse:
+        # A valid JSON document when read to the end ({"accepted": 0, ...}):
+        # a client that reads it all and believes it is the one in trouble.
+        head = b'{"accepted":0,"duplicates":0,"rejected":[],"pad":"'
+        tail = b'"}'
+        if size < len(head) + len(tail):
+            head, tail = b"", b""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = size
+        await response.prepare(request)
+        chunk = b"x" * _STREAM_CHUNK
+        left = size - len(head) - len(tail)
+        try:
+            await response.write(head)
+            while left > 0:
+                n = min(left, _STREAM_CHUNK)
+                await response.write(chunk if n == _STREAM_CHUNK else chunk[:n])
+                left -= n
+            await response.write(tail)
+            await response.write_eof()
+        except ConnectionError:
+            # The client gave up reading: that is what a sane client does.
+            log.info("wms_hostile_body_abandoned", sent=size - left)
+        return response
+
+    async def _stream_endless(self, request: web.Request, interval: float) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        sent = 0
+        try:
+            await response.write(b'{"accepted":0,"pad":"')
+            while True:
+                await asyncio.sleep(interval)
+                await response.write(b"x" * 16)
+                sent += 16
+        except ConnectionError:
+            log.info("wms_hostile_body_abandoned", sent=sent)
         return response
 
     def _decide(
@@ -544,18 +737,10 @@ class WmsSimulator:
             if self._rng.random() < faults.error_rate:
                 return _error(500, "injected server error")
 
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return _error(400, "body is not valid JSON")
-        events = doc.get("events") if type(doc) is dict else None
-        if type(events) is not list:
-            return _error(400, 'body must be a JSON object with an "events" list')
-        for i, ev in enumerate(events):
-            if type(ev) is not dict or type(ev.get("event_id")) is not str:
-                return _error(400, f"events[{i}] is not an object with a string event_id")
+        events = _parse_events(body)
+        if isinstance(events, web.Response):
+            return events
         entry["events"] = len(events)
-        events = cast(list[dict[str, Any]], events)
 
         seen = self._seen
         new: list[dict[str, Any]] = []
@@ -595,6 +780,33 @@ class WmsSimulator:
                     seen.add(eid)
                     new.append(ev)
 
+        self._kept.add(new, wall)
+        self._received += len(events)
+        self._duplicates += duplicates
+        self._rejected += len(rejected)
+        return web.json_response(
+            {"accepted": len(new), "duplicates": duplicates, "rejected": rejected}
+        )
+
+    def _reject_first(self, body: bytes, wall: float, entry: dict[str, Any]) -> web.Response:
+        """Accept the batch but its first new event, rejected with a non-string reason."""
+        events = _parse_events(body)
+        if isinstance(events, web.Response):
+            return events
+        entry["events"] = len(events)
+        seen = self._seen
+        new: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        duplicates = 0
+        for ev in events:
+            eid = ev["event_id"]
+            if eid in seen:
+                duplicates += 1
+            elif not rejected:
+                rejected.append({"event_id": eid, "reason": {"code": 17, "text": "tote blocked"}})
+            else:
+                seen.add(eid)
+                new.append(ev)
         self._kept.add(new, wall)
         self._received += len(events)
         self._duplicates += duplicates
@@ -686,6 +898,30 @@ class WmsSimulator:
         return web.json_response(self.stats())
 
 
+def _parse_events(body: bytes) -> list[dict[str, Any]] | web.Response:
+    """The events of an ingest body, or the 400 answer saying what is wrong."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return _error(400, "body is not valid JSON")
+    events = doc.get("events") if type(doc) is dict else None
+    if type(events) is not list:
+        return _error(400, 'body must be a JSON object with an "events" list')
+    for i, ev in enumerate(events):
+        if type(ev) is not dict or type(ev.get("event_id")) is not str:
+            return _error(400, f"events[{i}] is not an object with a string event_id")
+    return cast(list[dict[str, Any]], events)
+
+
+def _malformed_rejected(variant: str) -> dict[str, Any]:
+    """A 200 reply that accepts nothing, its ``rejected`` broken in one way."""
+    if variant == "id_list":
+        return {"accepted": 0, "rejected": [{"event_id": ["x"], "reason": "bad"}]}
+    if variant == "id_object":
+        return {"accepted": 0, "rejected": [{"event_id": {"id": "x"}, "reason": "bad"}]}
+    return {"accepted": 0, "rejected": "all of them"}  # rejected_not_list
+
+
 # -- command line ----------------------------------------------------------
 
 
@@ -709,6 +945,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-after-count", type=int, default=1, help="requests that get it (-1: all)"
     )
+    parser.add_argument(
+        "--hostile", default=None, choices=_HOSTILE_MODES, help="misbehave this way (see docs)"
+    )
+    parser.add_argument(
+        "--hostile-count", type=int, default=-1, help="requests that get it (-1: all)"
+    )
+    parser.add_argument(
+        "--hostile-body-bytes", type=int, default=1024**3, help="size of the huge_body reply"
+    )
+    parser.add_argument(
+        "--hostile-redirect-to",
+        default="control",
+        choices=_REDIRECT_TARGETS,
+        help="where redirect_307 points: the ingest path on the control listener, or itself",
+    )
+    parser.add_argument(
+        "--hostile-variant",
+        default=None,
+        choices=MALFORMED_REJECTED_VARIANTS,
+        help="malformed_rejected: always this variant (default: each in turn)",
+    )
+    parser.add_argument(
+        "--hostile-interval-ms", type=float, default=100.0, help="pause between endless_body chunks"
+    )
     parser.add_argument("--keep-events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -724,6 +984,12 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
         "retry_after_status": args.retry_after_status,
         "retry_after": args.retry_after,
         "retry_after_count": args.retry_after_count,
+        "hostile": args.hostile,
+        "hostile_count": args.hostile_count,
+        "hostile_body_bytes": args.hostile_body_bytes,
+        "hostile_redirect_to": args.hostile_redirect_to,
+        "hostile_variant": args.hostile_variant,
+        "hostile_interval_ms": args.hostile_interval_ms,
         "seed": args.seed,
     }
     if args.token_file is not None:
