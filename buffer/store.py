@@ -549,11 +549,14 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            # A COMMIT that fails (SQLITE_FULL while appending to the WAL) leaves
+            # the transaction open: it must be rolled back here, or a later
+            # COMMIT would store rows their caller was told were refused.
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLITE_FULL/IOERR may have rolled back already
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         self._high_water.after_commit(conn)
 
     @staticmethod
