@@ -37,7 +37,7 @@ from pymodbus.exceptions import ModbusException
 
 from buffer.service import Committer
 from buffer.store import Record
-from drivers.base import Availability, IngestError, IngestErrors
+from drivers.base import Availability, IngestError, IngestErrors, raise_if_cancelling
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.registers import BadValue, ReadBlock, exception_text, plan_reads
 from gateway.events import Signal
@@ -129,6 +129,7 @@ class ModbusDriver:
         flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
         try:
             while not self._paused:
+                raise_if_cancelling()
                 try:
                     await self._connect()
                     await self._poll_loop()
@@ -250,6 +251,7 @@ class ModbusDriver:
         next_at = loop.time()
         while not self._paused:
             records = await self._poll()
+            raise_if_cancelling()  # a stop request swallowed by pymodbus's wait_for
             self.availability.up(host=self.device.host, port=self.device.port)
             self._backoff.reset()
             if records:
