@@ -39,7 +39,7 @@ from typing import Final
 
 import structlog
 
-from gateway.logs import LogThrottle
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 

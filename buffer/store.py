@@ -67,9 +67,9 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 import msgpack
 import structlog
@@ -77,8 +77,9 @@ import structlog
 from buffer.highwater import COUNTER as HIGH_WATER_COUNTER
 from buffer.highwater import HighWater, wal_lost_frames
 from buffer.salvage import salvage
-from gateway.events import Event, Priority
-from gateway.logs import LogThrottle
+from gateway.core.events import Event, Priority
+from gateway.core.records import DeadLetter, IngestDeadLetter, Record, Row, SinkDeadLetter
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -147,42 +148,6 @@ class StoreDiskFull(StoreError):
     """SQLite could not write: the disk (or the file system quota) is full."""
 
 
-@dataclass(frozen=True, slots=True)
-class IngestDeadLetter:
-    """A source message that could not become a signal.
-
-    Kept whole up to the store's ``dead_letter_payload_bytes``; a longer
-    payload is cut to that prefix and its context gains ``original_size``,
-    ``sha256`` and ``truncated`` (see ``Store.append``).
-    """
-
-    device: str
-    reason: str
-    payload: bytes
-    context: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SinkDeadLetter:
-    """An event a sink's upstream permanently rejected."""
-
-    seq: int
-    event_id: str
-    reason: str
-
-
-Record = Event | IngestDeadLetter
-
-
-class Row(NamedTuple):
-    """One stored event as a forwarder reads it (a tuple: cheap to build in bulk)."""
-
-    seq: int
-    event_id: str
-    type: str
-    body: bytes
-
-
 @dataclass(slots=True)
 class AppendResult:
     """What one ``append`` did."""
@@ -218,22 +183,6 @@ class OpenReport:
     opened_at_seq: int | None = None
     resumes_at_seq: int | None = None
     wal_frames_lost: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A dead letter as operators see it."""
-
-    id: int
-    kind: str
-    sink: str | None
-    device: str | None
-    event_id: str | None
-    type: str | None
-    reason: str
-    body: bytes
-    context: dict[str, Any]
-    created: float
 
 
 def _size(record: Record) -> int:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from buffer.service import Committer
-    from drivers.base import Driver
     from gateway.config import GatewayConfig
+    from gateway.core.protocols import Driver
 
 
 def build_drivers(cfg: GatewayConfig, committer: Committer) -> list[Driver]:

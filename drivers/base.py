@@ -13,55 +13,17 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from buffer.store import IngestDeadLetter
-from gateway.logs import LogThrottle
+from gateway.core.errors import IngestError
+from gateway.core.records import IngestDeadLetter
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
 
-class Driver(Protocol):
-    """A running driver, as the gateway process sees it."""
-
-    #: Task name, e.g. ``modbus-conveyor-1`` (unique in the process).
-    name: str
-
-    async def run(self) -> None:
-        """Read devices until cancelled; reconnect on faults, never raise for them."""
-
-    def pause(self) -> None:
-        """Stop taking new input (shutdown step 1); what was taken still commits."""
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per-device figures for the status API, keyed by device id."""
-        ...
-
-    def alerts(self) -> list[str]:
-        """Problems a site engineer should see now (e.g. a device unavailable)."""
-        ...
-
-    def ready(self) -> bool:
-        """True when the gateway's own links are up (an MQTT broker connection).
-
-        A field device being unavailable is an alert, not unreadiness: the
-        gateway still serves every other device. Polling drivers return True.
-        """
-        ...
-
-
-class IngestError(Exception):
-    """A device value that cannot become a signal; ``kind`` is a stable snake_case name."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-
-
-#: Seconds between two log lines of one (device, kind) of bad input.
 LOG_INTERVAL_S = 60.0
 
 

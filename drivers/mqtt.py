@@ -29,11 +29,12 @@ import paho.mqtt.client as paho
 import structlog
 
 from buffer.service import Committer
-from buffer.store import Record
-from drivers.base import IngestError, IngestErrors
+from drivers.base import IngestErrors
 from drivers.mqtt_flow import hand_over
 from gateway.config import BrokerConfig, MqttDevice, ScannerFields
-from gateway.events import Signal, parse_time
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal, parse_time
+from gateway.core.records import Record
 from gateway.mqtt_link import MqttLink
 from gateway.recognizers.scanner import ScannerRecognizer
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from buffer.service import Backpressure, Committer
-from buffer.store import Record
+from gateway.core.records import Record
 from gateway.mqtt_link import MqttLink
 
 log = structlog.get_logger(__name__)

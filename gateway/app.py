@@ -30,8 +30,8 @@ from buffer.lock import StoreLock, StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
 from drivers import build_drivers
-from drivers.base import Driver
 from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
+from gateway.core.protocols import Driver
 from gateway.forwarder import Forwarder
 from gateway.sinks import HttpSink, MqttSink, Sink
 from gateway.supervisor import Supervisor, describe

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from drivers.modbus.config import ModbusDevice
 from drivers.opcua.config import OpcuaDevice
 from drivers.vda5050.config import Vda5050Device
-from gateway.config_base import (
+from gateway.core.config import (
     ByteSize,
     Duration,
     Identifier,
@@ -28,8 +28,9 @@ from gateway.config_base import (
     no_inline_secrets,
     parse_bytes,
     parse_duration,
+    read_secret,
 )
-from gateway.events import EVENT_TYPES
+from gateway.core.events import EVENT_TYPES
 
 __all__ = [
     "BrokerConfig", "ByteSize", "ConfigError", "Device", "Duration", "GatewayConfig",
@@ -332,17 +333,6 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     if not p.is_absolute() and creds and (Path(creds) / p).exists():
         return Path(creds) / p
     return p if p.is_absolute() else (base / p)
-
-
-def read_secret(path: Path, what: str) -> str:
-    """Read a secret from a file (a systemd credential or a 0600 file)."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ValueError(f"cannot read {what} file {str(path)!r}: {err.strerror}") from None
-    if not text:
-        raise ValueError(f"{what} file {str(path)!r} is empty")
-    return text
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

@@ -33,8 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import BrokerConfig, read_secret
-from gateway.logs import LogThrottle
+from gateway.config import BrokerConfig
+from gateway.core.config import read_secret
+from gateway.core.throttle import LogThrottle
 from gateway.mqtt_takeover import Takeover, TakeoverDetector
 
 log = structlog.get_logger(__name__)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from gateway.config import read_secret
+from gateway.core.config import read_secret
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

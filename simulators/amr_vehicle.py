@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from drivers.vda5050.messages import VERSION, Action, InstantActions, Node, Order
 from gateway.config import BrokerConfig
-from gateway.events import format_time
+from gateway.core.events import format_time
 from gateway.mqtt_link import MqttLink
 
 MAP_ID = "hall-1"

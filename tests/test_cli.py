@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from buffer.store import IngestDeadLetter, SinkDeadLetter, Store
+from buffer.store import Store
 from gateway.cli import main
-from gateway.events import Event
+from gateway.core.events import Event
+from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
 MAIN = Path(__file__).resolve().parents[1]
 CLOCK = 1_795_428_902.0

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from e2e import start, wait_until
 
-from gateway.events import make_event_id
+from gateway.core.events import make_event_id
 from simulators.broker import free_port
 from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_plc import ConveyorPlc, gateway_device_toml

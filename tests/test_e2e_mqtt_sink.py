@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.events import make_event_id, parse_time
+from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.scanners import PublishedRead

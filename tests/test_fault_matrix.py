@@ -27,7 +27,7 @@ import pytest
 from e2e import connect_fleet, publish, site, start, wait_until
 
 from gateway.config import HttpSinkConfig
-from gateway.events import make_event_id, parse_time
+from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.scanners import PublishedRead, ScannerFleet

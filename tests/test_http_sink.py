@@ -20,9 +20,10 @@ import pytest
 from aiohttp import web
 
 from buffer.service import Committer, StoreService
-from buffer.store import Row, SinkDeadLetter, Store
+from buffer.store import Store
 from gateway.config import HttpSinkConfig
-from gateway.events import Event
+from gateway.core.events import Event
+from gateway.core.records import Row, SinkDeadLetter
 from gateway.forwarder import Forwarder
 from gateway.sinks.http import HttpSink, batch_key
 from simulators.wms import Faults, WmsSimulator

@@ -26,8 +26,9 @@ import structlog
 from aiohttp import web
 
 from buffer.service import Committer, StoreService
-from buffer.store import Row, Store
+from buffer.store import Store
 from gateway.config import HttpSinkConfig
+from gateway.core.records import Row
 from gateway.forwarder import Forwarder
 from gateway.sinks.http import HttpSink, parse_retry_after
 from gateway.status import render_metrics

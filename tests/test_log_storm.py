@@ -19,9 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_e2e_scanners import expected_ids
 from test_vda5050_e2e import FLEET, M, fleet_toml
 
-from drivers.base import IngestError, IngestErrors
+from drivers.base import IngestErrors
 from drivers.mqtt import decode_scanner_read
 from gateway.config import ScannerFields
+from gateway.core.errors import IngestError
 from gateway.recognizers.scanner import ScannerRecognizer
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess

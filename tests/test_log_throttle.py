@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.logs import LogThrottle
+from gateway.core.throttle import LogThrottle
 
 
 class _Capture:

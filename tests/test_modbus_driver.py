@@ -22,7 +22,7 @@ from buffer.service import Committer, StoreService
 from buffer.store import Store
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
-from gateway.events import make_event_id
+from gateway.core.events import make_event_id
 from simulators.broker import free_port
 from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_plc import gateway_device_toml

@@ -17,7 +17,7 @@ from typing import Any
 from asyncua import Client, ua
 from e2e import start, wait_until
 
-from gateway.events import make_event_id
+from gateway.core.events import make_event_id
 from simulators.broker import free_port
 from simulators.gateway_process import GatewayProcess, SiteConfig
 from simulators.sorter_process import SorterProcess

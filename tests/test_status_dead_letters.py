@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from e2e import site, start
 
-from buffer.store import IngestDeadLetter, Store
+from buffer.store import Store
+from gateway.core.records import IngestDeadLetter
 from gateway.status import PAGE_MAX_BYTES, is_loopback_host
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess

@@ -21,16 +21,9 @@ from pathlib import Path
 import pytest
 
 from buffer.service import StoreService
-from buffer.store import (
-    ROW_OVERHEAD,
-    IngestDeadLetter,
-    OpenReport,
-    SinkDeadLetter,
-    Store,
-    StoreDiskFull,
-    StoreError,
-)
-from gateway.events import Event
+from buffer.store import ROW_OVERHEAD, OpenReport, Store, StoreDiskFull, StoreError
+from gateway.core.events import Event
+from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
 ROW = 500  #: bytes every ``sized`` event costs in the store (body + ROW_OVERHEAD)
 REPO = Path(__file__).resolve().parent.parent
@@ -615,7 +608,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from buffer.store import Store
-    from gateway.events import Event
+    from gateway.core.events import Event
 
     store = Store(sys.argv[1])
     n = 0

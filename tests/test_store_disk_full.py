@@ -26,7 +26,7 @@ import structlog
 from buffer.service import Committer, StoreService
 from buffer.store import Store
 from gateway.config import HttpSinkConfig
-from gateway.events import Event
+from gateway.core.events import Event
 from gateway.forwarder import Forwarder
 from gateway.sinks.http import HttpSink
 from simulators.wms import Faults, WmsSimulator

@@ -16,7 +16,7 @@ import structlog
 
 from buffer.highwater import REWIND_SEQ_MARGIN, sidecar_path
 from buffer.store import OpenReport, Store
-from gateway.events import Event
+from gateway.core.events import Event
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.wms import WmsSimulator

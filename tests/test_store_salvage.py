@@ -20,7 +20,7 @@ import structlog
 
 from buffer import salvage as salvage_mod
 from buffer.store import Store
-from gateway.events import Event
+from gateway.core.events import Event
 
 COLUMNS = "seq, event_id, type, priority, device, only_sink, created, body"
 TYPES = ["pick", "pack", "move", "exception", "telemetry"]

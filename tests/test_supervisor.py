@@ -21,10 +21,11 @@ from e2e import connect_fleet, publish, wait_until
 
 from buffer.lock import StoreLocked
 from buffer.service import Committer, StoreService
-from buffer.store import Row, SinkDeadLetter, Store
+from buffer.store import Store
 from gateway.app import Gateway, GatewayFailed
 from gateway.config import GatewayConfig, parse_config
-from gateway.events import Event
+from gateway.core.events import Event
+from gateway.core.records import Row, SinkDeadLetter
 from gateway.supervisor import Supervisor
 from simulators.broker import MosquittoBroker, free_port
 from simulators.wms import WmsSimulator

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from e2e import site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.events import format_time, make_event_id
+from gateway.core.events import format_time, make_event_id
 from simulators.broker import MosquittoBroker
 from simulators.gateway_process import GatewayProcess
 from simulators.wms import WmsSimulator

@@ -26,7 +26,7 @@ from drivers.modbus.registers import (
     Table,
     ValueType,
 )
-from gateway.config_base import Duration, Identifier, Model, PositiveDuration
+from gateway.core.config import Duration, Identifier, Model, PositiveDuration
 
 PointName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 Address = Annotated[int, Field(ge=0, le=65535)]

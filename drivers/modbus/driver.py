@@ -36,13 +36,14 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from buffer.service import Committer
-from buffer.store import Record
-from drivers.base import Availability, IngestError, IngestErrors
+from drivers.base import Availability, IngestErrors
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.registers import BadValue, ReadBlock, exception_text, plan_reads
-from gateway.events import Signal
+from gateway.core.backoff import Backoff
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal
+from gateway.core.records import Record
 from gateway.recognizers.conveyor import ConveyorMap, ConveyorRecognizer
-from gateway.sinks.base import Backoff
 
 log = structlog.get_logger(__name__)
 

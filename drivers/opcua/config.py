@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_base import Duration, Identifier, Model, PositiveDuration, no_inline_secrets
+from gateway.core.config import Duration, Identifier, Model, PositiveDuration, no_inline_secrets
 
 _NODE_ID = re.compile(r"^(?:(?:ns=\d+|nsu=[^;]+);)?(?:i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=\S+)$")
 #: A node id in OPC UA string form.

@@ -40,8 +40,7 @@ from asyncua.client.client import Client
 from asyncua.common.events import get_filter_from_event_type
 
 from buffer.service import Backpressure, Committer
-from buffer.store import IngestDeadLetter, Record
-from drivers.base import Availability, IngestError, IngestErrors
+from drivers.base import Availability, IngestErrors
 from drivers.opcua import client as opc
 from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
@@ -56,9 +55,11 @@ from drivers.opcua.decode import (
 )
 from drivers.opcua.history import read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
-from gateway.events import Signal
+from gateway.core.backoff import Backoff
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal
+from gateway.core.records import IngestDeadLetter, Record
 from gateway.recognizers.sorter import SorterRecognizer, divert_source_key, scan_source_key
-from gateway.sinks.base import Backoff
 
 log = structlog.get_logger(__name__)
 

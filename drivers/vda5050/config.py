@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_base import ByteSize, Identifier, Model
+from gateway.core.config import ByteSize, Identifier, Model
 
 #: The VDA 5050 topics the gateway reads: ``<interface>/<major>/<manufacturer>/<serial>/<topic>``.
 TOPICS = ("state", "connection", "order", "instantActions")

@@ -32,12 +32,13 @@ import paho.mqtt.client as paho
 import structlog
 
 from buffer.service import Committer
-from buffer.store import Record
-from drivers.base import IngestError, IngestErrors
+from drivers.base import IngestErrors
 from drivers.mqtt_flow import hand_over
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
 from gateway.config import BrokerConfig
+from gateway.core.errors import IngestError
+from gateway.core.records import Record
 from gateway.mqtt_link import MqttLink
 from gateway.recognizers.amr import BROKEN_STATES, AmrRecognizer
 

@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
 
 #: Planned actions (from orders and instant actions) remembered per vehicle.
 MAX_PLANNED_ACTIONS = 1024

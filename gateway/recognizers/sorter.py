@@ -27,7 +27,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
 
 #: Divert results a sorter confirms, and the exception reason of each failure.
 DIVERT_RESULTS: Final = {

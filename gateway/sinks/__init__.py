@@ -1,6 +1,6 @@
 """Upstream sinks: each has its own cursor, route filter and retry state."""
 
-from gateway.sinks.base import Sink
+from gateway.core.protocols import Sink
 from gateway.sinks.http import HttpSink
 from gateway.sinks.mqtt import MqttSink
 

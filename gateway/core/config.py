@@ -8,6 +8,7 @@ never imports a protocol library.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -79,3 +80,14 @@ def no_inline_secrets(data: Any, keys: tuple[str, ...]) -> Any:
                     f"file readable only by the gateway and set '{key}_file' to its path"
                 )
     return data
+
+
+def read_secret(path: Path, what: str) -> str:
+    """Read a secret from a file (a systemd credential or a 0600 file)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ValueError(f"cannot read {what} file {str(path)!r}: {err.strerror}") from None
+    if not text:
+        raise ValueError(f"{what} file {str(path)!r} is empty")
+    return text
