@@ -36,7 +36,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from buffer.service import Committer
-from drivers.base import Availability, IngestErrors
+from drivers.base import Availability, IngestErrors, raise_if_cancelling
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.registers import BadValue, ReadBlock, exception_text, plan_reads
 from gateway.core.backoff import Backoff
@@ -130,6 +130,7 @@ class ModbusDriver:
         flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
         try:
             while not self._paused:
+                raise_if_cancelling()
                 try:
                     await self._connect()
                     await self._poll_loop()
@@ -251,6 +252,7 @@ class ModbusDriver:
         next_at = loop.time()
         while not self._paused:
             records = await self._poll()
+            raise_if_cancelling()  # a stop request swallowed by pymodbus's wait_for
             self.availability.up(host=self.device.host, port=self.device.port)
             self._backoff.reset()
             if records:

@@ -40,7 +40,7 @@ from asyncua.client.client import Client
 from asyncua.common.events import get_filter_from_event_type
 
 from buffer.service import Backpressure, Committer
-from drivers.base import Availability, IngestErrors
+from drivers.base import Availability, IngestErrors, raise_if_cancelling
 from drivers.opcua import client as opc
 from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
@@ -138,6 +138,7 @@ class OpcuaDriver:
         flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
         try:
             while True:
+                raise_if_cancelling()  # asyncua's wait_for may have swallowed a cancel
                 try:
                     await self._session()
                 except asyncio.CancelledError:
@@ -285,6 +286,7 @@ class OpcuaDriver:
     async def _supervise(self, client: Client) -> None:
         """Return when the session is lost; re-create a silent subscription."""
         while True:
+            raise_if_cancelling()
             check = min(1.0, self._keepalive_s / 2)
             try:
                 async with asyncio.timeout(check):
