@@ -14,6 +14,10 @@ Failures never leave ``run``:
 - a Modbus exception response (0x01 to 0x0B) → the device is unavailable with
   an error naming the code; the connection is kept and the poll retried
   after the backoff;
+- 0x02 (illegal data address) for a request that bridges unmapped addresses
+  between points (``max_gap``) → the request is split at its gaps, the new
+  plan kept for the driver's life and logged once (``modbus_read_split``);
+  the poll goes on. 0x02 for a request without a gap is a device error;
 - a value that cannot be a signal (NaN, infinity, non-ASCII text, a short
   response) → an ingest dead letter holding the raw registers, counted and
   logged throttled per device and kind; the other points of the poll go on.
@@ -38,7 +42,13 @@ from pymodbus.exceptions import ModbusException
 from buffer.service import Committer
 from drivers.base import Availability, IngestErrors, raise_if_cancelling
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.registers import BadValue, ReadBlock, exception_text, plan_reads
+from drivers.modbus.registers import (
+    BadValue,
+    ReadBlock,
+    exception_text,
+    plan_reads,
+    split_at_gaps,
+)
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
@@ -58,6 +68,14 @@ class DeviceError(Exception):
     def __init__(self, message: str, *, reconnect: bool) -> None:
         super().__init__(message)
         self.reconnect = reconnect
+
+
+class IllegalAddress(DeviceError):
+    """The device answered 0x02 (illegal data address) to the read of ``block``."""
+
+    def __init__(self, message: str, block: ReadBlock) -> None:
+        super().__init__(message, reconnect=False)
+        self.block = block
 
 
 def build_recognizer(site: str, device: ModbusDevice) -> ConveyorRecognizer:
@@ -100,9 +118,7 @@ class ModbusDriver:
         self.recognizer = build_recognizer(site, device)
         self._watched = self.recognizer.points.watched()
         self._heartbeat = self.recognizer.points.heartbeat
-        self._hb_at = next(((bi, b.names.index(self._heartbeat))
-                            for bi, b in enumerate(self.blocks) if self._heartbeat in b.names),
-                           None)
+        self._hb_at = _slot_of(self.blocks, self._heartbeat)
         self._bad_response: list[Any] = [None] * len(self.blocks)
         self._last: list[list[Any] | None] = [None] * len(self.blocks)
         self.availability = Availability(device.id, "modbus")
@@ -291,12 +307,19 @@ class ModbusDriver:
             code = int(getattr(rr, "exception_code", 0))
             text = exception_text(code)
             self.exceptions[text] += 1
+            if code == 0x02:
+                raise IllegalAddress(f"{text} reading {what}", block)
             raise DeviceError(f"{text} reading {what}", reconnect=False)
         return rr.bits if block.table in ("coil", "discrete_input") else rr.registers
 
     async def _poll(self) -> list[Record]:
         t0 = time.perf_counter()
-        raws = [await self._read(block) for block in self.blocks]
+        try:
+            raws = [await self._read(block) for block in self.blocks]
+        except IllegalAddress as err:
+            if not self._split(err.block):
+                raise
+            return await self._poll()  # with the new plan (a piece is never split again)
         now = self._clock()
         dev_id = self.device.id
         watched = self._watched
@@ -340,6 +363,28 @@ class ModbusDriver:
                 dev_id, self.errors.failed(dev_id, err), payload, {"poll": self.polls}))
         self.last_poll_ms = (time.perf_counter() - t0) * 1000
         return records
+
+    def _split(self, refused: ReadBlock) -> bool:
+        """Replace a bridged block the device refused by its gap-free pieces.
+
+        False when ``refused`` has no gap: then 0x02 is about a mapped
+        address and stays a device error.
+        """
+        pieces = split_at_gaps(refused, self.device.spans())
+        if len(pieces) == 1:
+            return False
+        bi = self.blocks.index(refused)
+        self.blocks[bi:bi + 1] = pieces
+        self._last[bi:bi + 1] = [None] * len(pieces)
+        self._bad_response[bi:bi + 1] = [None] * len(pieces)
+        self._hb_at = _slot_of(self.blocks, self._heartbeat)
+        log.warning("modbus_read_split", device=self.device.id, table=refused.table,
+                    refused=f"{refused.address}..{refused.address + refused.count - 1}",
+                    reads=[f"{p.address}..{p.address + p.count - 1}" for p in pieces],
+                    reason="0x02 ILLEGAL DATA ADDRESS: the device refuses reads over unmapped "
+                           "addresses",
+                    action="reading the mapped ranges one by one from now on")
+        return True
 
     def _dead_letter(self, block: ReadBlock, index: int | None, err: IngestError,
                      raw: Any) -> Record:
@@ -385,3 +430,9 @@ class ModbusDriver:
                 if not name.startswith("tracking["):
                     out[name] = None if isinstance(v, BadValue) else v
         return out
+
+
+def _slot_of(blocks: Sequence[ReadBlock], name: str | None) -> tuple[int, int] | None:
+    """(block index, point index) of point ``name`` in a read plan."""
+    return next(((bi, b.names.index(name)) for bi, b in enumerate(blocks) if name in b.names),
+                None)

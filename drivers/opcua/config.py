@@ -108,6 +108,10 @@ class OpcuaDevice(Model):
     session_timeout: PositiveDuration = 60.0
     backoff_initial: PositiveDuration = 0.5
     backoff_max: PositiveDuration = 30.0
+    #: The reconnect backoff starts over only after a session stayed up this
+    #: long: a server that fails every session right after accepting it is
+    #: retried ever more slowly instead of at ``backoff_initial``.
+    backoff_reset_after: Duration = 30.0
     #: First connect after the gateway starts: read event history this far back.
     history_lookback: Duration = 3600.0
     #: Events per history read request (continuation points fetch the rest).

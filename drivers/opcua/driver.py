@@ -10,13 +10,18 @@ step is ours to order and to time out):
    history from the last event time seen (first connect: ``history_lookback``)
    up to now, page by page. The subscription already runs, so an event is
    either in the history or in the subscription; overlaps are repeats of the
-   same physical event (same event id) and are dropped here or by the store;
+   same physical event (same event id) and are dropped here or by the store.
+   A server that keeps no event history for a source (``BadHistoryOperationInvalid``
+   and the like, see ``history.NO_HISTORY``) is told once: the source runs
+   live-only from then on, logged once and shown as a standing alert;
 4. supervise: a status change or a failed health probe ends the session; a
    subscription with no notification and no keep-alive for
    ``watchdog_keepalives`` keep-alive periods is re-created (and history is
    read again, since its events may be lost);
 5. on any failure: close within a bounded time, wait a capped, jittered
-   backoff, go to 1.
+   backoff, go to 1. The backoff starts over only after a session that stayed
+   up for ``backoff_reset_after``: a server that accepts the session and then
+   fails it at once is retried ever more slowly, not dozens of times a minute.
 
 Data-change initial values re-sent on a new subscription carry the source
 timestamp the value had: the driver drops one whose node, value and source
@@ -29,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +58,7 @@ from drivers.opcua.decode import (
     quality,
     scan_signal,
 )
-from drivers.opcua.history import read_event_history
+from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
@@ -83,6 +88,9 @@ class _EventRoute:
     synced_until: float | None = None
     seen_until: float | None = None
     catching_up: bool = False
+    #: Set when the server said it keeps no event history for the source (its
+    #: status name): the source is live-only from then on.
+    no_history: str | None = None
 
 
 @dataclass(slots=True)
@@ -122,6 +130,8 @@ class OpcuaDriver:
         committer.on_drained(self._drained.set)
         self._sub: RawSubscription | None = None
         self._keepalive_s = device.publishing_interval * device.keepalive_count
+        #: When the current session came up (monotonic); None while not up.
+        self._up_since: float | None = None
         # Figures for the status API.
         self.notifications = 0
         self.events_received = 0
@@ -147,6 +157,10 @@ class OpcuaDriver:
                     self.availability.down(_describe(err), endpoint=self.device.endpoint)
                 else:
                     self.availability.down("session ended", endpoint=self.device.endpoint)
+                up_since, self._up_since = self._up_since, None
+                if (up_since is not None
+                        and time.monotonic() - up_since >= self.device.backoff_reset_after):
+                    self._backoff.reset()  # a healthy session: retry at once
                 await asyncio.sleep(self._backoff.next())
         finally:
             flusher.cancel()
@@ -160,11 +174,16 @@ class OpcuaDriver:
         return True
 
     def alerts(self) -> list[str]:
-        """The device being unreachable."""
-        if self.availability.available:
-            return []
-        return [f"OPC UA device {self.device.id} unavailable: "
-                f"{self.availability.last_error or 'not connected yet'}"]
+        """The device being unreachable; catch-up being off for a server without history."""
+        out = []
+        if not self.availability.available:
+            out.append(f"OPC UA device {self.device.id} unavailable: "
+                       f"{self.availability.last_error or 'not connected yet'}")
+        off = [f"{r.cfg.source}: {r.no_history}" for r in self._events if r.no_history]
+        if off:
+            out.append(f"OPC UA device {self.device.id}: catch-up after reconnect is off for "
+                       f"this server: it keeps no event history ({'; '.join(off)})")
+        return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
@@ -206,7 +225,7 @@ class OpcuaDriver:
             self.sessions += 1
             self.availability.up(endpoint=dev.endpoint,
                                  security=f"{dev.security_policy}/{dev.security_mode}")
-            self._backoff.reset()
+            self._up_since = time.monotonic()
             await self._catch_up(client, starts)
             await self._supervise(client)
         finally:
@@ -251,7 +270,7 @@ class OpcuaDriver:
         """
         starts = {}
         for route in self._events:
-            if route.cfg.history:
+            if route.cfg.history and route.no_history is None:
                 route.catching_up = True
                 starts[route.index] = (route.synced_until if route.synced_until is not None
                                        else self._clock() - self.device.history_lookback)
@@ -259,16 +278,13 @@ class OpcuaDriver:
 
     async def _catch_up(self, client: Client, starts: dict[int, float]) -> None:
         """Read every historized source's events since the last one seen."""
-        dev = self.device
         for route in self._events:
             if route.index not in starts:
                 route.synced_until = route.seen_until
                 continue
             start = starts[route.index]
             assert route.source is not None and route.filter is not None
-            async for fields_batch in read_event_history(
-                    client, route.source, route.filter, start, dev.history_page,
-                    dev.request_timeout):
+            async for fields_batch in self._history(client, route, start):
                 if self._paused:
                     return
                 now = self._clock()
@@ -282,6 +298,27 @@ class OpcuaDriver:
                     await self._committer.append(records)
             route.catching_up = False
             route.synced_until = max(start, route.seen_until or start)
+
+    async def _history(self, client: Client, route: _EventRoute, start: float
+                       ) -> AsyncIterator[list[list[ua.Variant]]]:
+        """The route's event history pages; none if the server keeps no history for it.
+
+        "No history" is a permanent answer: the route is live-only from then
+        on (asking again at every reconnect would only end the session each
+        time and repeat the warning).
+        """
+        assert route.source is not None and route.filter is not None
+        dev = self.device
+        try:
+            async for page in read_event_history(client, route.source, route.filter, start,
+                                                 dev.history_page, dev.request_timeout):
+                yield page
+        except NoEventHistory as err:
+            route.no_history = err.status
+            log.warning("opcua_history_unavailable", device=self.device.id,
+                        source=route.cfg.source, status=err.status,
+                        action="catch-up after reconnect is off for this source; "
+                               "live events only")
 
     async def _supervise(self, client: Client) -> None:
         """Return when the session is lost; re-create a silent subscription."""
