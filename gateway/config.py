@@ -279,6 +279,25 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
+class MissingFilesError(ConfigError):
+    """The config is valid but names certificate or CA files that are not there.
+
+    Raised only when these are the config's sole problems (otherwise they are
+    listed with the others in a plain ``ConfigError``).
+    """
+
+
+def _file_problem(path: Path, where: str) -> str | None:
+    """Why a certificate/key/CA file named in the config cannot be used, or ``None``."""
+    if not path.exists():
+        return f"{where}: file {str(path)!r} does not exist"
+    if not path.is_file():
+        return f"{where}: {str(path)!r} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{where}: file {str(path)!r} cannot be read by this user (uid {os.getuid()})"
+    return None
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for i, part in enumerate(loc):
@@ -359,6 +378,14 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         raise ConfigError(file, _format(err)) from None
     base = file.parent.resolve()
     problems: list[str] = []
+    missing: list[str] = []
+
+    def existing(path: Path | None, where: str) -> Path | None:
+        resolved = _resolve(base, path)
+        problem = None if resolved is None else _file_problem(resolved, where)
+        if problem is not None:
+            missing.append(problem)
+        return resolved
 
     def secret(path: Path | None, where: str, what: str) -> Path | None:
         resolved = _resolve(base, path)
@@ -379,15 +406,17 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         broker.model_copy(update={
             "password_file": secret(broker.password_file, f"brokers[{i}].password_file",
                                     "password"),
-            "ca_file": _resolve(base, broker.ca_file),
+            "ca_file": existing(broker.ca_file, f"brokers[{i}].ca_file"),
         })
         for i, broker in enumerate(cfg.brokers)
     ]
-    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, problems)
+    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, existing)
                for i, dev in enumerate(cfg.devices)]
     status_token = secret(cfg.status.token_file, "status.token_file", "status token")
     if problems:
-        raise ConfigError(file, problems)
+        raise ConfigError(file, problems + missing)
+    if missing:
+        raise MissingFilesError(file, missing)
     store_path = _resolve(base, cfg.store.path)
     return cfg.model_copy(
         update={
@@ -406,7 +435,8 @@ _SECRET_FILES = {"password_file": "password", "token_file": "token"}
 
 def _resolve_device_files(
     dev: Any, where: str, base: Path,
-    secret: Callable[[Path | None, str, str], Path | None], problems: list[str],
+    secret: Callable[[Path | None, str, str], Path | None],
+    existing: Callable[[Path | None, str], Path | None],
 ) -> Any:
     """Resolve every ``*_file`` path of a device against the config's folder.
 
@@ -421,8 +451,5 @@ def _resolve_device_files(
         if name in _SECRET_FILES:
             updates[name] = secret(value, f"{where}.{name}", _SECRET_FILES[name])
             continue
-        resolved = _resolve(base, value)
-        updates[name] = resolved
-        if resolved is not None and not resolved.is_file():
-            problems.append(f"{where}.{name}: file {str(resolved)!r} does not exist")
+        updates[name] = existing(value, f"{where}.{name}")
     return dev.model_copy(update=updates) if updates else dev

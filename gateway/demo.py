@@ -160,12 +160,19 @@ def run_demo(args: argparse.Namespace) -> int:
     configure_logging("info", "auto")
     if args.data_dir is not None:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        import uvloop
+    from gateway.app import StartupError
+    from gateway.cli import EXIT_FAILED, STARTUP_EXIT_CODES
 
-        uvloop.run(_demo(args))
-    except ImportError:
-        asyncio.run(_demo(args))
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(_demo(args))
+        except ImportError:
+            asyncio.run(_demo(args))
+    except StartupError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return STARTUP_EXIT_CODES.get(err.reason, EXIT_FAILED)
     return 0
 
 
@@ -234,8 +241,14 @@ async def _demo(args: argparse.Namespace) -> None:
     fleet_stop = threading.Event()
     fleet_task: asyncio.Task[int] | None = None
     try:
-        async with asyncio.timeout(15):
-            await gateway.ready.wait()
+        ready = asyncio.create_task(gateway.ready.wait())
+        # The gateway may fail to start (e.g. the status port is in use): say so at once.
+        await asyncio.wait([ready, gw_task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if gw_task.done():
+            gw_task.result()  # raises what stopped it (a StartupError: one line)
+        if not gateway.ready.is_set():
+            raise TimeoutError("the demo gateway did not become ready within 15 s")
         await asyncio.to_thread(fleet.connect)
         fleet_task = asyncio.create_task(
             asyncio.to_thread(fleet.run, None, args.rate, fleet_stop), name="scanners"

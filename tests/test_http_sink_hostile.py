@@ -29,9 +29,10 @@ from buffer.service import Committer, StoreService
 from buffer.store import Store
 from gateway.config import HttpSinkConfig
 from gateway.core.records import Row
+from gateway.core.snapshot import CommitterSnapshot, GatewaySnapshot, SinkSnapshot, StoreSnapshot
 from gateway.forwarder import Forwarder
+from gateway.metrics import render_metrics
 from gateway.sinks.http import HttpSink, parse_retry_after
-from gateway.status import render_metrics
 from tests.test_http_sink import make_event, make_rows, wait_for
 
 DELIVER_TIMEOUT = 15.0
@@ -275,10 +276,11 @@ async def test_rejected_reasons_are_coerced_and_truncated_unknown_ids_ignored(
 
 def metrics_of(sink: HttpSink) -> str:
     """The Prometheus text the status API would serve for a gateway with this one sink."""
-    sinks = {sink.id: {**sink.snapshot(), "backlog_events": 0, "events_delivered": 0}}
-    return render_metrics({"ready": True, "store": {}, "sinks": sinks, "devices": {},
-                           "committer": {"full": False, "events": 0, "commits": 0},
-                           "rss_bytes": 0})
+    snap = SinkSnapshot.build(sink.id, sink.snapshot(), None, 0)
+    return render_metrics(GatewaySnapshot(
+        site="DC-1", pid=1, uptime_s=0.0, ready=True, alerts=(), devices={},
+        sinks={sink.id: snap}, store=StoreSnapshot(), committer=CommitterSnapshot(),
+        tasks={}))
 
 
 

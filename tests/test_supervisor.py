@@ -22,7 +22,7 @@ from e2e import connect_fleet, publish, wait_until
 from buffer.lock import StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
-from gateway.app import Gateway, GatewayFailed
+from gateway.app import Gateway, GatewayFailed, StartupError
 from gateway.config import GatewayConfig, parse_config
 from gateway.core.events import Event
 from gateway.core.records import Row, SinkDeadLetter
@@ -160,7 +160,7 @@ async def test_failing_sink_is_restarted_while_ingest_and_other_sink_go_on(
             await wait_until(lambda: wms.stats()["unique"] >= 300, 20, "300 events at the WMS")
             await wait_until(lambda: flaky.calls >= 3, 10, "three failed deliveries")
             assert not task.done()
-            snap = gw.snapshot()
+            snap = gw.snapshot().to_json()
             tasks = snap["tasks"]
             assert tasks["forwarder-flaky"]["restarts"] >= 2
             assert tasks["forwarder-flaky"]["last_error"].startswith(
@@ -199,7 +199,7 @@ async def test_failing_sink_is_restarted_while_ingest_and_other_sink_go_on(
                                         limit=10, after_id=0)
             assert [d.event_id for d in dls] == [flaky.rejected]
             await wait_until(lambda: not any(a.startswith("task forwarder-flaky")
-                                             for a in gw.snapshot()["alerts"]),
+                                             for a in gw.snapshot().alerts),
                              10, "the alert to clear once the task stays up")
     failed = [e for e in logs if e["event"] == "task_failed" and e["task"] == "forwarder-flaky"]
     kinds = {e["error"].split(":")[0] for e in failed}
@@ -222,7 +222,7 @@ async def test_crashing_driver_is_restarted(
         await publish(fleet, 50)
         fleet.close()
         await wait_until(lambda: wms.stats()["unique"] >= 50, 20, "50 events at the WMS")
-        snap = gw.snapshot()
+        snap = gw.snapshot().to_json()
         assert snap["tasks"]["crashing-driver"]["restarts"] == 3
         assert snap["tasks"]["crashing-driver"]["state"] == "running"
         assert snap["tasks"]["crashing-driver"]["last_error"] == "RuntimeError: driver bug #3"
@@ -230,31 +230,39 @@ async def test_crashing_driver_is_restarted(
     assert task.result() is None  # a clean stop after the restarts
 
 
-@pytest.mark.parametrize("fault", ["duplicate_task_name", "store_folder_is_a_file"])
 async def test_what_escapes_is_logged_as_gateway_failed(
-    tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator, fault: str
+    tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator
 ) -> None:
-    cfg = config(tmp_path, broker, wms)
-    if fault == "store_folder_is_a_file":
-        (tmp_path / "file").write_text("x")
-        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(
-            update={"path": tmp_path / "file" / "buffer.db"})})
-    gw = Gateway(cfg, supervisor=fast_supervisor())
-    if fault == "duplicate_task_name":
-        gw.drivers += [CrashingDriver(crashes=0), CrashingDriver(crashes=0)]
+    gw = Gateway(config(tmp_path, broker, wms), supervisor=fast_supervisor())
+    gw.drivers += [CrashingDriver(crashes=0), CrashingDriver(crashes=0)]
     with structlog.testing.capture_logs() as logs, pytest.raises(GatewayFailed) as err:
         await asyncio.wait_for(gw.run(install_signals=False), 15)
     failed = [e for e in logs if e["event"] == "gateway_failed"]
     assert len(failed) == 1
     assert isinstance(failed[0]["exc_info"], BaseException)
-    expected = "ValueError: task name" if fault == "duplicate_task_name" else "FileExistsError"
+    expected = "ValueError: task name"
     assert failed[0]["error"].startswith(expected)
     assert str(err.value).startswith(expected)
-    if fault == "duplicate_task_name":
-        events = [e["event"] for e in logs]
-        stopped = next(e for e in logs if e["event"] == "gateway_stopped")
-        assert stopped["failed"] is True
-        assert events.index("gateway_failed") < events.index("gateway_stopped")
+    events = [e["event"] for e in logs]
+    stopped = next(e for e in logs if e["event"] == "gateway_stopped")
+    assert stopped["failed"] is True
+    assert events.index("gateway_failed") < events.index("gateway_stopped")
+
+
+async def test_store_folder_that_is_a_file_is_a_startup_error(
+    tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator
+) -> None:
+    (tmp_path / "file").write_text("x")
+    cfg = config(tmp_path, broker, wms)
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(
+        update={"path": tmp_path / "file" / "buffer.db"})})
+    gw = Gateway(cfg, supervisor=fast_supervisor())
+    with structlog.testing.capture_logs() as logs, pytest.raises(StartupError) as err:
+        await asyncio.wait_for(gw.run(install_signals=False), 15)
+    assert err.value.reason == "store_dir"
+    assert str(tmp_path / "file") in str(err.value)
+    # Nothing was started, and no traceback is logged for an operator's mistake.
+    assert not [e for e in logs if e["event"] in ("gateway_failed", "gateway_starting")]
 
 
 async def test_second_gateway_in_process_is_refused(

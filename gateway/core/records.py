@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,3 +60,27 @@ class DeadLetter:
     body: bytes
     context: dict[str, Any]
     created: float
+
+
+def _json_default(value: object) -> str:
+    # Contexts are msgpack maps: a peer's bytes in one must not break the listing.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode()
+    return repr(value)
+
+
+def dead_letter_json(dl: DeadLetter, *, bodies: bool = True) -> str:
+    """One dead letter as JSON: the same shape in the API and ``store dead-letters --json``.
+
+    Keys: ``id``, ``kind``, ``sink``, ``device``, ``event_id``, ``type``,
+    ``reason``, ``created``, ``context``, ``body_bytes`` and, with ``bodies``,
+    ``body_b64`` (the raw body, base64). Bytes inside ``context`` are base64
+    strings; any other value JSON cannot hold is its ``repr``.
+    """
+    doc: dict[str, Any] = {
+        "id": dl.id, "kind": dl.kind, "sink": dl.sink, "device": dl.device,
+        "event_id": dl.event_id, "type": dl.type, "reason": dl.reason,
+        "created": dl.created, "context": dl.context, "body_bytes": len(dl.body)}
+    if bodies:
+        doc["body_b64"] = base64.b64encode(dl.body).decode()
+    return json.dumps(doc, default=_json_default)
