@@ -209,7 +209,9 @@ class MqttSinkConfig(_SinkBase):
     retain: bool = False
 
 
-Sink = Annotated[HttpSinkConfig | MqttSinkConfig, Field(discriminator="type")]
+#: One ``[[sinks]]`` table (not to be confused with ``gateway.core.protocols.Sink``,
+#: the running sink built from it).
+SinkConfig = Annotated[HttpSinkConfig | MqttSinkConfig, Field(discriminator="type")]
 
 
 class StatusConfig(Model):
@@ -235,7 +237,7 @@ class GatewayConfig(Model):
     store: StoreConfig
     brokers: list[BrokerConfig] = []
     devices: list[Device] = []
-    sinks: list[Sink] = []
+    sinks: list[SinkConfig] = []
     status: StatusConfig = StatusConfig()
     log: LogConfig = LogConfig()
     shutdown_timeout: Duration = 10.0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess, SiteConfig
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.scanners import PublishedRead, ScannerFleet
 from simulators.wms import WmsSimulator
 
@@ -25,9 +25,9 @@ async def wait_until(cond: Callable[[], bool], timeout: float, what: str,  # noq
 
 
 def site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator | None,
-         **kw: Any) -> SiteConfig:
+         **kw: Any) -> GatewaySetup:
     """A gateway config for this test's broker and WMS."""
-    return SiteConfig(workdir=tmp_path / "gw", broker_port=broker.port,
+    return GatewaySetup(workdir=tmp_path / "gw", broker_port=broker.port,
                       wms_url=wms.url if wms is not None else None, **kw)
 
 

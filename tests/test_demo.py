@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from simulators.broker import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from simulators.harness.process import ChildProcess, python_module
 
 
 def _get(url: str) -> Any:
@@ -45,11 +42,10 @@ def _wait(cond: Any, timeout: float, what: str) -> Any:
 def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
     status_port = free_port()
     out_path = tmp_path / "demo.out"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "demo", "--status-port", str(status_port),
-             "--data-dir", str(tmp_path / "site"), "--amrs", "3", "--duration", "120"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = ChildProcess("demo", python_module(
+        "gateway", "demo", "--status-port", str(status_port), "--data-dir",
+        str(tmp_path / "site"), "--amrs", "3", "--duration", "120"), out_path)
+    proc.start()
     try:
         banner = _wait(lambda: re.search(r"stats: http://127\.0\.0\.1:(\d+)/stats",
                                          out_path.read_text("utf-8", errors="replace")),
@@ -88,13 +84,8 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
         for dev in devices:
             assert f'wh_device_messages_total{{device="{dev}"}}' in metrics
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        # Ctrl-C, as an operator at the terminal would stop it.
+        code = proc.stop(60, sig=signal.SIGINT, raise_on_kill=True)
     text = out_path.read_text("utf-8", errors="replace")
     assert code == 0, text[-3000:]
     assert "demo stopped: WMS accepted" in text

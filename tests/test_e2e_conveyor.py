@@ -21,8 +21,8 @@ from e2e import start, wait_until
 from gateway.core.events import make_event_id
 from simulators.broker import free_port
 from simulators.conveyor import ConveyorSimulator
-from simulators.conveyor_plc import ConveyorPlc, gateway_device_toml
-from simulators.gateway_process import GatewayProcess, SiteConfig
+from simulators.conveyor_plc import ConveyorPlc, gateway_device
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.wms import WmsSimulator
 
 SITE = "DC-EAST-1"
@@ -33,10 +33,10 @@ def gateway(tmp_path: Path, wms: WmsSimulator, sim: ConveyorSimulator,
             **extra: Any) -> GatewayProcess:
     keys = {"backoff_initial": "100ms", "backoff_max": "500ms", "timeout": "1s",
             "zones": {"1": "INDUCT-1"}} | extra
-    devices = "\n".join(gateway_device_toml(c.id, c.port, poll_interval="100ms", extra=keys)
-                        for c in sim.conveyors)
-    cfg = SiteConfig(workdir=tmp_path / "gw", broker_port=free_port(), wms_url=wms.url,
-                     scanners=0, synchronous="NORMAL", extra_toml=devices)
+    devices = [gateway_device(c.id, c.port, poll_interval="100ms", extra=keys)
+               for c in sim.conveyors]
+    cfg = GatewaySetup(workdir=tmp_path / "gw", broker_port=free_port(), wms_url=wms.url,
+                       scanners=0, synchronous="NORMAL", devices=devices)
     return GatewayProcess(cfg)
 
 

@@ -16,7 +16,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.scanners import PublishedRead
 
 

@@ -15,7 +15,7 @@ from e2e import connect_fleet, publish, read_ids_by_scanner, site, start, wait_u
 
 from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.scanners import PublishedRead
 from simulators.wms import WmsSimulator
 

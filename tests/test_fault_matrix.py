@@ -29,7 +29,7 @@ from e2e import connect_fleet, publish, site, start, wait_until
 from gateway.config import HttpSinkConfig
 from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.scanners import PublishedRead, ScannerFleet
 from simulators.wms import LANDING_PATH, WmsSimulator
 

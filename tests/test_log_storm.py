@@ -17,7 +17,7 @@ import pytest
 from e2e import connect_fleet, publish, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from test_e2e_scanners import expected_ids
-from test_vda5050_e2e import FLEET, M, fleet_toml
+from test_vda5050_e2e import FLEET, M, fleet_device
 
 from drivers.base import IngestErrors
 from drivers.mqtt import decode_scanner_read
@@ -25,7 +25,7 @@ from gateway.config import ScannerFields
 from gateway.core.errors import IngestError
 from gateway.recognizers.scanner import ScannerRecognizer
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 
 
@@ -145,7 +145,7 @@ async def test_thousands_of_hostile_payloads_cost_a_handful_of_lines(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
     scanners = hostile_scanner_payloads(2000)
     vda = hostile_vda_messages(300)
-    cfg = site(tmp_path, broker, wms, scanners=2, extra_toml=fleet_toml())
+    cfg = site(tmp_path, broker, wms, scanners=2, devices=[fleet_device()])
     with GatewayProcess(cfg) as gw:
         await start(gw)
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,

@@ -31,7 +31,7 @@ from gateway.mqtt_takeover import (
     TakeoverDetector,
 )
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 
 CLIENT_ID = "gw-DC-1-scanners"
@@ -309,9 +309,8 @@ def test_detector_reason_code_is_certain_silent_drops_need_a_pattern() -> None:
 
 async def test_gateway_status_names_the_clash_of_drivers_and_sink(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
-    fleet = "\n".join(["[[devices]]", 'id = "amr-fleet"', 'driver = "vda5050"',
-                       'broker = "site"', 'manufacturer = "ACME"'])
-    cfg = site(tmp_path, broker, wms, scanners=1, mqtt_sink=True, extra_toml=fleet)
+    fleet = {"id": "amr-fleet", "driver": "vda5050", "broker": "site", "manufacturer": "ACME"}
+    cfg = site(tmp_path, broker, wms, scanners=1, mqtt_sink=True, devices=[fleet])
     ids = {"scanner": "wh-gw-DC-EAST-1-site", "vda5050": "wh-gw-DC-EAST-1-site-vda5050",
            "sink": "wh-gw-DC-EAST-1-sink-mqtt-out"}
     with GatewayProcess(cfg) as gw:

@@ -10,7 +10,6 @@ once, whatever happens to the connection in between.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from e2e import start, wait_until
 
 from gateway.core.events import make_event_id
 from simulators.broker import free_port
-from simulators.gateway_process import GatewayProcess, SiteConfig
-from simulators.sorter_process import SorterProcess
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.sorter import SorterProcess
 from simulators.wms import WmsSimulator
 
 SITE = "DC-EAST-1"
@@ -28,31 +27,34 @@ DEVICE = "sorter-1"
 NS = "nsu=urn:warehouse-gateway:sorter-sim:model"
 
 
-def device_toml(endpoint: str, device: str = DEVICE, **extra: Any) -> str:
+def device(endpoint: str, device: str = DEVICE, **extra: Any) -> dict[str, Any]:
     """A gateway device table for the simulator's address space."""
-    lines = ["[[devices]]", f'id = "{device}"', 'driver = "opcua"', f'endpoint = "{endpoint}"',
-             'role = "sorter"', 'backoff_initial = "100ms"', 'backoff_max = "1s"']
-    lines += [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}"
-              for k, v in extra.items()]
-    lines += ["", "[[devices.events]]", 'kind = "divert_confirm"', 'source = "ns=2;s=Sorter"',
-              'type = "ns=2;s=DivertConfirmEventType"',
-              "", "[[devices.events]]", 'kind = "scan"', f'source = "{NS};s=InductReader"',
-              f'type = "{NS};s=AutoIdScanEventType"']
-    for node, point, kind in (("Sorter.State", "state", "status"),
-                              ("Sorter.Counters.Total", "counter.total", "telemetry"),
-                              ("Sorter.Chutes.CHUTE-01.Full", "chute_full.CHUTE-01", "status"),
-                              ("Sorter.BeltSpeed", "belt_speed", "telemetry")):
-        lines += ["", "[[devices.nodes]]", f'node = "ns=2;s={node}"', f'point = "{point}"',
-                  f'kind = "{kind}"']
-    return "\n".join(lines)
+    return {
+        "id": device, "driver": "opcua", "endpoint": endpoint, "role": "sorter",
+        "backoff_initial": "100ms", "backoff_max": "1s", **extra,
+        "events": [
+            {"kind": "divert_confirm", "source": "ns=2;s=Sorter",
+             "type": "ns=2;s=DivertConfirmEventType"},
+            {"kind": "scan", "source": f"{NS};s=InductReader",
+             "type": f"{NS};s=AutoIdScanEventType"},
+        ],
+        "nodes": [
+            {"node": f"ns=2;s={node}", "point": point, "kind": kind}
+            for node, point, kind in (
+                ("Sorter.State", "state", "status"),
+                ("Sorter.Counters.Total", "counter.total", "telemetry"),
+                ("Sorter.Chutes.CHUTE-01.Full", "chute_full.CHUTE-01", "status"),
+                ("Sorter.BeltSpeed", "belt_speed", "telemetry"))
+        ],
+    }
 
 
-def gateway(tmp_path: Path, wms: WmsSimulator, devices: str,
+def gateway(tmp_path: Path, wms: WmsSimulator, devices: list[dict[str, Any]],
             routes: list[str] | None = None) -> GatewayProcess:
     """A gateway with only OPC UA devices (the site broker table is never used)."""
-    cfg = SiteConfig(workdir=tmp_path / "gw", broker_port=free_port(), wms_url=wms.url,
-                     scanners=0, extra_toml=devices,
-                     http_extra={"routes": routes or ["move", "scan", "exception"]})
+    cfg = GatewaySetup(workdir=tmp_path / "gw", broker_port=free_port(), wms_url=wms.url,
+                       scanners=0, devices=devices,
+                       http_extra={"routes": routes or ["move", "scan", "exception"]})
     return GatewayProcess(cfg)
 
 
@@ -87,7 +89,7 @@ async def test_confirms_scans_and_status_reach_the_wms(tmp_path: Path, wms: WmsS
     with SorterProcess(tmp_path / "sorter", rate=100, total=150, seed=7) as sorter:
         await asyncio.to_thread(sorter.start)
         routes = ["move", "scan", "exception", "device_status", "telemetry"]
-        with gateway(tmp_path, wms, device_toml(sorter.endpoint), routes) as gw:
+        with gateway(tmp_path, wms, [device(sorter.endpoint)], routes) as gw:
             await start(gw)
             await wait_until(lambda: scans_logged(sorter) == 150, 20, "150 items logged")
             want = expected_ids(sorter.read_log())
@@ -130,7 +132,7 @@ async def test_simulator_killed_and_restarted_mid_stream_loses_and_repeats_nothi
     tmp_path: Path, wms: WmsSimulator
 ) -> None:
     sorter = SorterProcess(tmp_path / "sorter", rate=50, total=120, seed=3)
-    with sorter, gateway(tmp_path, wms, device_toml(sorter.endpoint)) as gw:
+    with sorter, gateway(tmp_path, wms, [device(sorter.endpoint)]) as gw:
         await asyncio.to_thread(sorter.start)
         await start(gw)
         await wait_until(lambda: wms.stats()["unique"] >= 60, 20, "first events")
@@ -170,7 +172,7 @@ async def test_simulator_killed_and_restarted_mid_stream_loses_and_repeats_nothi
 async def test_bad_values_become_dead_letters_logged_once(tmp_path: Path,
                                                           wms: WmsSimulator) -> None:
     with SorterProcess(tmp_path / "sorter", rate=20, seed=5) as sorter, \
-            gateway(tmp_path, wms, device_toml(sorter.endpoint)) as gw:
+            gateway(tmp_path, wms, [device(sorter.endpoint)]) as gw:
         await asyncio.to_thread(sorter.start)
         await start(gw)
         await wait_until(lambda: wms.stats()["unique"] >= 10, 20, "first events")
@@ -197,8 +199,8 @@ async def test_bad_values_become_dead_letters_logged_once(tmp_path: Path,
 async def test_silent_subscription_is_recreated_by_the_watchdog(tmp_path: Path,
                                                                 wms: WmsSimulator) -> None:
     sorter = SorterProcess(tmp_path / "sorter", rate=60, total=150, seed=11)
-    toml = device_toml(sorter.endpoint, publishing_interval="100ms", keepalive_count=3)
-    with sorter, gateway(tmp_path, wms, toml) as gw:
+    dev = device(sorter.endpoint, publishing_interval="100ms", keepalive_count=3)
+    with sorter, gateway(tmp_path, wms, [dev]) as gw:
         await asyncio.to_thread(sorter.start)
         await start(gw)
         await wait_until(lambda: wms.stats()["unique"] >= 30, 20, "first events")

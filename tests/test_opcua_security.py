@@ -14,9 +14,9 @@ from pathlib import Path
 from asyncua.crypto import cert_gen
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from e2e import start, wait_until
-from test_opcua_e2e import DEVICE, device_toml, expected_ids, gateway, scans_logged
+from test_opcua_e2e import DEVICE, device, expected_ids, gateway, scans_logged
 
-from simulators.sorter_process import SorterProcess
+from simulators.harness.sorter import SorterProcess
 from simulators.wms import WmsSimulator
 
 CLIENT_URI = "urn:warehouse-gateway:test-client"
@@ -44,14 +44,14 @@ async def test_sign_and_encrypt_with_user_delivers_and_wrong_password_alerts(
         "--user", "operator", "--password-file", str(password)])
     secure = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt",
                   certificate_file=cert, private_key_file=key, username="operator")
-    devices = "\n\n".join([
-        device_toml(sorter.endpoint, password_file=password,
-                    server_certificate_file=tmp_path / "server-certs" / "server_cert.der",
-                    **secure),
+    devices = [
+        device(sorter.endpoint, password_file=password,
+               server_certificate_file=tmp_path / "server-certs" / "server_cert.der",
+               **secure),
         # No server certificate here: the driver takes it from the endpoint list.
-        device_toml(sorter.endpoint, device="sorter-wrong-password", password_file=wrong,
-                    **secure),
-    ])
+        device(sorter.endpoint, device="sorter-wrong-password", password_file=wrong,
+               **secure),
+    ]
     with sorter, gateway(tmp_path, wms, devices) as gw:
         await asyncio.to_thread(sorter.start)
         await start(gw)

@@ -1,6 +1,6 @@
 """``GET /api/dead-letters``: bounded streamed pages, strict parameters, bodies behind a token.
 
-A real gateway process (harness ``simulators/gateway_process.py``) over a real
+A real gateway process (harness ``simulators/harness/gateway.py``) over a real
 Mosquitto, its store holding many large ingest dead letters written through
 the store API; every request goes to 127.0.0.1.
 """
@@ -22,7 +22,7 @@ from buffer.store import Store
 from gateway.core.records import IngestDeadLetter
 from gateway.status import PAGE_MAX_BYTES, is_loopback_host
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 
 KiB, MiB = 1024, 1024 * 1024
 TOKEN = "s3cret-status-token"

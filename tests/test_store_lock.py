@@ -16,7 +16,7 @@ from e2e import connect_fleet, publish, site, start, wait_until
 from buffer.lock import StoreLock, StoreLocked, lock_path_for
 from gateway.cli import EXIT_STORE_LOCKED
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 
 REPO = Path(__file__).resolve().parents[1]

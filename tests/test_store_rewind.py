@@ -18,7 +18,7 @@ from buffer.highwater import REWIND_SEQ_MARGIN, sidecar_path
 from buffer.store import OpenReport, Store
 from gateway.core.events import Event
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 from tests.e2e import connect_fleet, publish, site, start, wait_until
 

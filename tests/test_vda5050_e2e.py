@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,36 +18,31 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.core.events import format_time, make_event_id
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
+from simulators.harness.process import ChildProcess
+from simulators.harness.process import simulator as simulator_process
 from simulators.wms import WmsSimulator
 
 SITE, FLEET, M = "DC-EAST-1", "amr-fleet", "SimRobotics"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fleet_toml(**extra: Any) -> str:
-    lines = ["[[devices]]", f'id = "{FLEET}"', 'driver = "vda5050"', 'broker = "site"',
-             f'manufacturer = "{M}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+def fleet_device(**extra: Any) -> dict[str, Any]:
+    """The gateway's ``[[devices]]`` table of the simulated fleet."""
+    return {"id": FLEET, "driver": "vda5050", "broker": "site", "manufacturer": M, **extra}
 
 
 @contextmanager
-def simulator(broker: MosquittoBroker, tmp_path: Path, *args: str) -> Iterator[
-        subprocess.Popen[bytes]]:
+def simulator(broker: MosquittoBroker, tmp_path: Path, *args: str) -> Iterator[ChildProcess]:
     """``python -m simulators amr`` as a child process (killed if still running)."""
-    with open(tmp_path / "amr-sim.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators", "amr", "--port", str(broker.port),
-             "--manufacturer", M, "--state-interval", "1", "--speed", "50",
-             "--action-time", "0.1", *args],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    sim = simulator_process("amr", ["--port", str(broker.port), "--manufacturer", M,
+                         "--state-interval", "1", "--speed", "50", "--action-time", "0.1",
+                                          *args], tmp_path / "amr-sim.log")
+    sim.start()
     try:
-        yield proc
+        yield sim
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+        sim.kill()
 
 
 class Master:
@@ -104,7 +98,7 @@ def online(gw: GatewayProcess) -> int:
 
 async def test_orders_become_exactly_the_expected_pick_and_move_events(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
-    cfg = site(tmp_path, broker, wms, scanners=0, extra_toml=fleet_toml())
+    cfg = site(tmp_path, broker, wms, scanners=0, devices=[fleet_device()])
     serials = ["AMR-0001", "AMR-0002", "AMR-0003"]
     with GatewayProcess(cfg) as gw, simulator(broker, tmp_path, "--count", "3") as sim:
         await start(gw)
@@ -146,8 +140,7 @@ async def test_orders_become_exactly_the_expected_pick_and_move_events(
         statuses = [(e["data"]["amr"], e["data"]["status"]) for e in events(wms, "device_status")]
         assert sorted(statuses) == [(s, "online") for s in serials]
         # An orderly stop: OFFLINE for each, and no broken-connection exception.
-        sim.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(sim.wait, 15)
+        await asyncio.to_thread(sim.stop, 15)
         await wait_until(lambda: len(events(wms, "device_status")) == 6, 10, "3 OFFLINE")
         assert events(wms, "exception") == []
         assert gw.status()["alerts"] == []
@@ -155,13 +148,12 @@ async def test_orders_become_exactly_the_expected_pick_and_move_events(
 
 async def test_killed_amr_last_will_becomes_an_exception(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
-    cfg = site(tmp_path, broker, wms, scanners=0, extra_toml=fleet_toml())
+    cfg = site(tmp_path, broker, wms, scanners=0, devices=[fleet_device()])
     with GatewayProcess(cfg) as gw, simulator(broker, tmp_path, "--count", "2",
                                               "--standalone") as sim:
         await start(gw)
         await wait_until(lambda: online(gw) == 2, 20, "2 AMRs online at the gateway")
-        sim.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(sim.wait, 10)
+        await asyncio.to_thread(sim.kill)
 
         def broken() -> list[dict[str, Any]]:
             return [e for e in events(wms, "exception")
@@ -187,7 +179,7 @@ async def test_killed_amr_last_will_becomes_an_exception(
 async def test_malformed_messages_become_ingest_dead_letters(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
     cfg = site(tmp_path, broker, wms, scanners=0,
-               extra_toml=fleet_toml(max_payload_bytes=1024))
+               devices=[fleet_device(max_payload_bytes=1024)])
     base = f"uagv/v2/{M}/AMR-9"
     good = {"headerId": 1, "timestamp": "2026-11-23T10:00:00Z", "version": "2.1.0",
             "manufacturer": M, "serialNumber": "AMR-9", "connectionState": "ONLINE"}

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import StateIn, decode
-from drivers.vda5050.messages import Connection, InstantActions, Order, State
 from gateway.config import ConfigError, parse_config
 from gateway.core.errors import IngestError
 from gateway.recognizers.amr import ConnectionReport, StateReport
+from simulators.vda5050_spec import Connection, InstantActions, Order, State
 
 HEADER = {"headerId": 3, "timestamp": "2026-11-23T10:00:00.12Z", "version": "2.1.0",
           "manufacturer": "Acme", "serialNumber": "AMR-1"}

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,10 +14,10 @@ from e2e import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from drivers.vda5050.messages import SPEC_MODELS, State
 from simulators.broker import MosquittoBroker
+from simulators.harness.process import ChildProcess, simulator
+from simulators.vda5050_spec import SPEC_MODELS, State
 
-ROOT = Path(__file__).resolve().parents[1]
 M = "SimRobotics"
 
 
@@ -55,18 +52,20 @@ class Recorder:
         self.client.disconnect()
 
 
-def sim(broker: MosquittoBroker, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "simulators", "amr", "--port", str(broker.port), "--manufacturer",
-         M, "--state-interval", "0.5", "--speed", "40", "--action-time", "0.05", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+def sim(broker: MosquittoBroker, log_path: Path, *args: str) -> ChildProcess:
+    child = simulator("amr", [
+        "--port", str(broker.port), "--manufacturer", M, "--state-interval", "0.5",
+        "--speed", "40", "--action-time", "0.05", *args], log_path)
+    child.start()
+    return child
 
 
-async def test_every_simulator_message_is_valid_vda5050(broker: MosquittoBroker) -> None:
+async def test_every_simulator_message_is_valid_vda5050(broker: MosquittoBroker,
+                                                       tmp_path: Path) -> None:
     rec = Recorder(broker)
-    busy = sim(broker, "--count", "4", "--standalone", "--fail-rate", "0.4", "--idle-min", "0",
-               "--idle-max", "0.1", "--seed", "7")
-    killed = sim(broker, "--count", "1", "--serial-prefix", "K-")
+    busy = sim(broker, tmp_path / "busy.log", "--count", "4", "--standalone", "--fail-rate",
+               "0.4", "--idle-min", "0", "--idle-max", "0.1", "--seed", "7")
+    killed = sim(broker, tmp_path / "killed.log", "--count", "1", "--serial-prefix", "K-")
     try:
         await wait_until(lambda: len(rec.of("connection")) >= 5, 15, "5 vehicles ONLINE")
         head = {"timestamp": "2026-11-23T10:00:00Z", "version": "2.1.0", "manufacturer": M,
@@ -85,19 +84,15 @@ async def test_every_simulator_message_is_valid_vda5050(broker: MosquittoBroker)
             return ({("pick", "FINISHED"), ("drop", "FINISHED")} <= seen
                     and bool({("pick", "FAILED"), ("drop", "FAILED")} & seen))
         await wait_until(failed_and_finished, 20, "finished and failed actions")
-        killed.send_signal(signal.SIGKILL)
-        busy.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(busy.wait, 15) == 0
-        await asyncio.to_thread(killed.wait, 10)
+        killed.kill()
+        assert await asyncio.to_thread(busy.stop, 15, raise_on_kill=True) == 0
         await wait_until(lambda: any(c["connectionState"] == "CONNECTIONBROKEN"
                                      for c in rec.of("connection", "K-0001")), 10, "last will")
         await wait_until(lambda: len([c for c in rec.of("connection")
                                       if c["connectionState"] == "OFFLINE"]) == 4, 10, "OFFLINE")
     finally:
         for p in (busy, killed):
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
+            p.kill()
         rec.close()
 
     with rec.lock:

@@ -16,8 +16,8 @@ from simulators.wms import (
     FaultError,
     Faults,
     WmsSimulator,
-    _faults_from_args,
     add_arguments,
+    faults_from_args,
     validate_faults,
 )
 
@@ -92,7 +92,7 @@ async def test_control_api_rejects_bad_hostile_and_applies_nothing(
 def test_cli_flags_set_hostile_faults() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    faults = _faults_from_args(parser.parse_args([
+    faults = faults_from_args(parser.parse_args([
         "--hostile", "huge_body", "--hostile-body-bytes", "4096",
         "--hostile-redirect-to", "self", "--hostile-interval-ms", "5",
         "--hostile-variant", "id_object",

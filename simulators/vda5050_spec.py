@@ -4,8 +4,9 @@
 describe VDA 5050 2.1.0 exactly: required fields, types, enums and bounds.
 They are strict and reject unknown keys, which the specification's schemas
 would tolerate: they check what *we* send (the AMR simulator), so that a
-misspelt optional field cannot slip through. What the gateway reads from
-vehicles goes through the tolerant views of ``drivers.vda5050.ingest``.
+misspelt optional field cannot slip through. Only the simulator and the
+tests use them: what the gateway reads from vehicles goes through the
+tolerant views of ``drivers.vda5050.ingest``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _check_timestamp(value: str) -> str:
 Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
 Angle = Annotated[float, Field(ge=-_PI, le=_PI)]
 BlockingType = Literal["NONE", "SOFT", "HARD"]
-ActionStatus = Literal["WAITING", "INITIALIZING", "RUNNING", "FINISHED", "FAILED"]
+ActionStatusValue = Literal["WAITING", "INITIALIZING", "RUNNING", "FINISHED", "FAILED"]
 ConnectionState = Literal["ONLINE", "OFFLINE", "CONNECTIONBROKEN"]
 
 
@@ -229,7 +230,7 @@ class ActionState(Spec):
     actionId: str
     actionType: str | None = None
     actionDescription: str | None = None
-    actionStatus: ActionStatus
+    actionStatus: ActionStatusValue
     resultDescription: str | None = None
 
 

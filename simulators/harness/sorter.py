@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from simulators.broker import free_port
+from simulators.harness.process import ChildProcess, python_module
+
+__all__ = ["SorterProcess", "read_log"]
 
 
-class SorterProcess:
+class SorterProcess(ChildProcess):
     """``python -m simulators sorter`` as a child process."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, rate: float = 20.0,
-                 total: int | None = None, seed: int = 1, state: bool = True,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        rate: float = 20.0,
+        total: int | None = None,
+        seed: int = 1,
+        state: bool = True,
+        extra: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -37,8 +42,10 @@ class SorterProcess:
         self.seed = seed
         self.state_dir: Path | None = workdir / "state" if state else None
         self.extra = list(extra or [])
-        self.log_path = workdir / "sorter.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            "sorter simulator", python_module("simulators", "sorter", *self.args()),
+            workdir / "sorter.log",
+        )
 
     @property
     def endpoint(self) -> str:
@@ -57,50 +64,10 @@ class SorterProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the simulator and wait until its port accepts connections."""
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "simulators", "sorter", *self.args()],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sorter simulator exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"sorter simulator not listening after {timeout}s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL, as a power cut would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 30) -> str:
-        """The last lines of the simulator's log."""
-        try:
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
+        # Options may have changed since construction (a restart with others).
+        self.argv = python_module("simulators", "sorter", *self.args())
+        super().start()
+        self.wait_listening(self.port, timeout)
 
     def read_log(self) -> list[dict[str, Any]]:
         """Every event the device recorded: ``{"seq", "source", "time_us", **fields}``."""
@@ -114,9 +81,6 @@ class SorterProcess:
 
     def __enter__(self) -> SorterProcess:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def read_log(state_dir: Path) -> list[dict[str, Any]]:
