@@ -156,8 +156,10 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
     down = logged(logs, "device_unavailable")
     assert len(down) == 2, down  # once per outage, not once per failed attempt
     assert down[0]["error"].startswith("no answer within 0.5s reading ")
-    assert down[1]["error"].startswith("connection lost") or \
-        down[1]["error"].startswith("cannot connect"), down[1]
+    # The restart drops the connection; on a loaded machine the read in flight
+    # may time out before the drop is seen: all three name the outage.
+    assert down[1]["error"].startswith(
+        ("connection lost", "cannot connect", "no answer within 0.5s reading ")), down[1]
     assert len(logged(logs, "device_available")) == 2
     moves = [e for e in await harness.events() if e["type"] == "move"]
     want = {make_event_id(SITE, "conveyor-01", f"trk:1:{m.seq}") for m in plc.moves}

@@ -137,7 +137,11 @@ async def test_clash_is_named_counted_throttled_and_the_link_recovers(
                 assert len(taken) == 1, taken
                 assert taken[0]["client_id"] == CLIENT_ID
                 assert taken[0]["evidence"] in ("reason_code", "silent_drops")
-                assert len(events(logs, "mqtt_unavailable")) <= SILENT_DROPS
+                # Not one line per take-over (a connect attempt that timed out on a
+                # loaded machine is an outage line of its own and is not counted).
+                drops = [e for e in events(logs, "mqtt_unavailable")
+                         if not str(e.get("error", "")).startswith("TimeoutError")]
+                assert len(drops) <= SILENT_DROPS, drops
                 assert len(events(logs, "mqtt_connected")) <= SILENT_DROPS + 1
             # The other client went away: the link reconnects and keeps the id.
             await wait_until(link.connected.is_set, 10, "the link to reconnect")
