@@ -184,13 +184,23 @@ async def fill_until_refused(r: Rig) -> None:
     assert r.committer.stats.full_reason == "disk"
 
 
+async def stored_events(r: Rig) -> int:
+    """Rows in the store, read on the store's own thread (never beside a transaction)."""
+    return int((await r.service.call(r.store.stats))["events"])
+
+
+async def drained(r: Rig) -> bool:
+    cursors = await r.service.call(r.store.cursors)
+    return r.forwarder.cursor >= cursors["wms"] and await stored_events(r) == 0
+
+
 async def assert_all_delivered_and_deleted(r: Rig) -> None:
     await until(lambda: r.committer.pending == 0, "pending messages committed")
     await until(lambda: r.acked <= r.wms.accepted_ids(), "accepted events delivered")
-    await until(lambda: r.forwarder.cursor >= r.store.cursors()["wms"] and
-                r.store.stats()["events"] == 0, "delivered rows deleted")
+    await until(lambda: drained(r), "delivered rows deleted")
     assert len(r.acked) == r.submitted
-    assert r.store.used_bytes == 0  # the accounting saw every insert and delete
+    # The accounting saw every insert and delete (read after the store thread's work).
+    assert await r.service.call(lambda: r.store.used_bytes) == 0
 
 
 async def test_admission_stops_before_the_disk_is_full_and_resumes_after_delivery(
@@ -282,7 +292,7 @@ async def test_restart_on_a_full_disk_delivers_and_resumes(small_fs: Path) -> No
                 async with rig(db, wms) as r:
                     # Opens on the full disk; the cursor moves free the delivered rows.
                     await until(lambda: first <= wms.accepted_ids(), "backlog delivered")
-                    await until(lambda: r.store.stats()["events"] == 0, "rows deleted")
+                    await until(lambda: drained(r), "rows deleted")
                     # Admission comes back by itself (into the freed pages).
                     r.submit(1000)
                     await assert_all_delivered_and_deleted(r)
