@@ -52,6 +52,19 @@ log = structlog.get_logger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
+def _raise_if_cancelled() -> None:
+    """Raise the cancellation a pymodbus call swallowed.
+
+    pymodbus awaits every answer with ``asyncio.wait_for``, which on Python
+    3.11 returns the answer and drops a cancellation that arrives together
+    with it; the task stays marked as cancelling, so honour that here or a
+    stopped driver would poll on forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class DeviceError(Exception):
     """A poll failed; ``reconnect`` says whether the connection is suspect."""
 
@@ -233,7 +246,8 @@ class ModbusDriver:
         if not ok:
             client.close()
             raise DeviceError(f"cannot connect to {dev.host}:{dev.port}", reconnect=True)
-        self._client = client
+        self._client = client  # closed by ``run`` if the next line raises
+        _raise_if_cancelled()
         self.connects += 1
         # A new connection may face a restarted PLC: compare nothing with before.
         self._last = [None] * len(self.blocks)
@@ -280,6 +294,7 @@ class ModbusDriver:
         try:
             async with asyncio.timeout(dev.timeout):
                 rr = await call(block.address, count=block.count, device_id=dev.unit_id)
+            _raise_if_cancelled()
         except TimeoutError:
             raise DeviceError(f"no answer within {dev.timeout:g}s reading {what}",
                               reconnect=True) from None
