@@ -33,7 +33,7 @@ from gateway.core.records import Row
 from gateway.forwarder import Forwarder
 from gateway.sinks.http import HttpSink, parse_retry_after
 from gateway.status import render_metrics
-from tests.test_http_sink import make_event, make_rows
+from tests.test_sink_http import make_event, make_rows
 
 DELIVER_TIMEOUT = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
