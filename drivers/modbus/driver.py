@@ -62,6 +62,7 @@ log = structlog.get_logger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
+
 class DeviceError(Exception):
     """A poll failed; ``reconnect`` says whether the connection is suspect."""
 
@@ -250,7 +251,8 @@ class ModbusDriver:
         if not ok:
             client.close()
             raise DeviceError(f"cannot connect to {dev.host}:{dev.port}", reconnect=True)
-        self._client = client
+        self._client = client  # closed by ``run`` if the next line raises
+        raise_if_cancelling()
         self.connects += 1
         # A new connection may face a restarted PLC: compare nothing with before.
         self._last = [None] * len(self.blocks)
@@ -268,7 +270,6 @@ class ModbusDriver:
         next_at = loop.time()
         while not self._paused:
             records = await self._poll()
-            raise_if_cancelling()  # a stop request swallowed by pymodbus's wait_for
             self.availability.up(host=self.device.host, port=self.device.port)
             self._backoff.reset()
             if records:
@@ -298,6 +299,7 @@ class ModbusDriver:
         try:
             async with asyncio.timeout(dev.timeout):
                 rr = await call(block.address, count=block.count, device_id=dev.unit_id)
+            raise_if_cancelling()
         except TimeoutError:
             raise DeviceError(f"no answer within {dev.timeout:g}s reading {what}",
                               reconnect=True) from None

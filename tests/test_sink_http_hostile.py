@@ -24,6 +24,7 @@ import psutil
 import pytest
 import structlog
 from aiohttp import web
+from waiting import ManualClock, wait_until
 
 from buffer.service import Committer, StoreService
 from buffer.store import Store
@@ -33,7 +34,7 @@ from gateway.core.snapshot import CommitterSnapshot, GatewaySnapshot, SinkSnapsh
 from gateway.forwarder import Forwarder
 from gateway.metrics import render_metrics
 from gateway.sinks.http import HttpSink, parse_retry_after
-from tests.test_http_sink import make_event, make_rows, wait_for
+from tests.test_sink_http import make_event, make_rows
 
 DELIVER_TIMEOUT = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -135,14 +136,15 @@ async def sinks() -> AsyncIterator[list[HttpSink]]:
 
 @pytest.fixture
 def make_sink(sinks: list[HttpSink]) -> Callable[..., HttpSink]:
-    def make(url: str, *, wall: Callable[[], float] = time.time, **overrides: Any) -> HttpSink:
+    def make(url: str, *, wall: Callable[[], float] = time.time,
+             clock: Callable[[], float] = time.monotonic, **overrides: Any) -> HttpSink:
         fields: dict[str, Any] = {
             "id": "wms", "type": "http", "url": url,
             "backoff_initial": 0.01, "backoff_max": 0.05, "timeout": 3.0,
             "batch_max": 100, "pause_after_failures": 3, "paused_retry": 0.2,
         }
         fields.update(overrides)
-        sink = HttpSink(HttpSinkConfig(**fields), wall=wall)
+        sink = HttpSink(HttpSinkConfig(**fields), wall=wall, clock=clock)
         sinks.append(sink)
         return sink
     return make
@@ -295,7 +297,7 @@ async def test_pauses_with_alert_after_identical_failures_and_resumes_on_good_re
         with structlog.testing.capture_logs() as logs:
             task = asyncio.create_task(sink.deliver(rows))
             try:
-                await wait_for(lambda: sink.snapshot()["state"] == "paused_protocol",
+                await wait_until(lambda: sink.snapshot()["state"] == "paused_protocol",
                                what="paused_protocol")
                 # Paused at exactly the third identical reply.
                 assert len(wms.ingest_requests()) == 3
@@ -343,7 +345,7 @@ async def test_forwarder_survives_malformed_rejected_and_delivers_everything_onc
             fwd_task = asyncio.create_task(fwd.run(), name="fwd")
             tasks.append(fwd_task)
             await committer.append(events)
-            await wait_for(lambda: fwd.cursor == 40 or fwd_task.done(), within=DELIVER_TIMEOUT,
+            await wait_until(lambda: fwd.cursor == 40 or fwd_task.done(), timeout=DELIVER_TIMEOUT,
                            what="cursor at the top")
             assert not fwd_task.done()  # nothing escaped the forwarder
             stats = await service.call(store.stats)
@@ -418,7 +420,7 @@ async def test_reply_over_max_response_bytes_pauses_naming_the_limit(
         sink = make_sink(wms.url, max_response_bytes=4096, paused_retry=0.2)
         task = asyncio.create_task(sink.deliver(rows))
         try:
-            await wait_for(lambda: sink.snapshot()["state"] == "paused_protocol",
+            await wait_until(lambda: sink.snapshot()["state"] == "paused_protocol",
                            what="paused_protocol")
             assert "max_response_bytes (4096 bytes)" in sink.snapshot()["alert"]
             async with asyncio.timeout(DELIVER_TIMEOUT):
@@ -475,7 +477,7 @@ async def test_redirect_is_a_sink_error_whose_alert_names_the_location(
         sink = make_sink(wms.url, follow_redirects=follow)
         task = asyncio.create_task(sink.deliver(rows))
         try:
-            await wait_for(lambda: sink.snapshot()["state"] == "paused_protocol",
+            await wait_until(lambda: sink.snapshot()["state"] == "paused_protocol",
                            what="paused_protocol")
             alert = sink.snapshot()["alert"]
             assert landing in alert
@@ -559,22 +561,23 @@ async def test_retry_after_date_is_relative_to_the_response_date_not_our_clock(
 
     async with HostileWms() as wms:
         wms.plan = [busy]
-        sink = make_sink(wms.url, wall=wall, retry_after_max=60.0)
+        clock = ManualClock()  # stands still: the wait the sink computed is read off exactly
+        sink = make_sink(wms.url, wall=wall, clock=clock, retry_after_max=60.0)
         task = asyncio.create_task(sink.deliver(rows))
         try:
-            await wait_for(lambda: sink.snapshot()["state"] == "backoff", what="backoff")
+            await wait_until(lambda: sink.snapshot()["state"] == "backoff", what="backoff")
             first = sink.snapshot()["retry_in_s"]
-            assert 0.5 < first <= 3.0  # Retry-After minus Date; not an hour, not the cap
+            assert first == 2.0  # Retry-After minus Date; not an hour, not the cap
             skew[0] = -86_400.0  # the wall clock steps back a day while we wait
-            await asyncio.sleep(0.1)
-            assert sink.snapshot()["retry_in_s"] <= first
+            assert sink.snapshot()["retry_in_s"] == first  # the deadline does not move
             async with asyncio.timeout(DELIVER_TIMEOUT):
                 assert await task == []
         finally:
             task.cancel()
         reqs = wms.ingest_requests()
         assert len(reqs) == 2
-        assert reqs[1]["t"] - reqs[0]["t"] >= 0.5
+        assert reqs[1]["t"] - reqs[0]["t"] >= first  # the sink really waited that long
+        clock.advance(first)  # the injected clock catches up with the wait that passed
         assert_delivered_once(wms, sink, rows)
 
 
@@ -608,7 +611,7 @@ async def test_retry_after_date_without_usable_date_header_is_capped(
         sink = make_sink(wms.url, retry_after_max=0.4)
         task = asyncio.create_task(sink.deliver(rows))
         try:
-            await wait_for(lambda: sink.snapshot()["state"] == "backoff", what="backoff")
+            await wait_until(lambda: sink.snapshot()["state"] == "backoff", what="backoff")
             assert sink.snapshot()["retry_in_s"] <= 0.4
             async with asyncio.timeout(DELIVER_TIMEOUT):
                 assert await task == []

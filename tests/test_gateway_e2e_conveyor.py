@@ -153,7 +153,8 @@ async def test_gateway_sigkill_loses_and_duplicates_nothing(
             await wait_until(lambda: bool(events_of(wms, conv.id, "exception")), 10, "the jam")
             await asyncio.to_thread(gw.kill)
             conv.plc.clear()  # cleared while the gateway is down
-            await asyncio.sleep(0.5)
+            scans = conv.plc.heartbeat + 5
+            await wait_until(lambda: conv.plc.heartbeat >= scans, 10, "PLC scans after the clear")
             await start(gw)
             await caught_up(gw, wms, sim)
             await wait_until(lambda: len(events_of(wms, conv.id, "exception")) >= 2, 10,

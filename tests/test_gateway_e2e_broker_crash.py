@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
-from e2e import connect_fleet, publish, site, start, wait_until
+from e2e import connect_fleet, delivered, publish, site, start, wait_until
 
 from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
@@ -45,17 +44,17 @@ async def wait_for_saves_after_now(broker: MosquittoBroker, saves: int = 2,
     The first save seen may have started before now; the second one started
     after the first ended, so it holds everything acknowledged before now.
     """
-    last = _mtime(broker.persistence_file)
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while seen < saves:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"broker saved its database {seen} of {saves} times "
-                                 f"within {timeout} s")
-        await asyncio.sleep(0.05)
+    last, seen = _mtime(broker.persistence_file), 0
+
+    async def saved() -> bool:
+        nonlocal last, seen
         now = await asyncio.to_thread(_mtime, broker.persistence_file)
         if now != last:
             last, seen = now, seen + 1
+        return seen >= saves
+
+    await wait_until(saved, timeout, f"the broker to save its database {saves} times", 0.05,
+                     state=lambda: f"{seen} saves seen")
 
 
 async def _crash_with_backlog(tmp_path: Path, wms: WmsSimulator, total: int) -> None:
@@ -83,7 +82,7 @@ async def _crash_with_backlog(tmp_path: Path, wms: WmsSimulator, total: int) -> 
             want = event_ids(reads)
             await wait_until(lambda: wms.stats()["unique"] >= total, 30,
                              f"{total} reads at the WMS")
-            await asyncio.sleep(0.5)  # anything extra would show up now
+            await delivered(gw)  # nothing left to send: anything extra would be here
             stats = wms.stats()
             assert wms.accepted_ids() == want, (
                 f"{len(want - wms.accepted_ids())} reads lost, "

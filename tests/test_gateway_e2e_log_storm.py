@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from e2e import connect_fleet, publish, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
-from test_e2e_scanners import expected_ids
-from test_vda5050_e2e import FLEET, M, fleet_device
+from test_gateway_e2e_scanners import expected_ids
+from test_gateway_e2e_vda5050 import FLEET, M, fleet_device
 
 from drivers.base import IngestErrors
 from drivers.mqtt import decode_scanner_read

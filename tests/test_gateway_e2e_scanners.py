@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e import connect_fleet, publish, read_ids_by_scanner, site, start, wait_until
+from e2e import (
+    connect_fleet,
+    delivered,
+    publish,
+    read_ids_by_scanner,
+    site,
+    start,
+    wait_until,
+)
 
 from gateway.core.events import make_event_id, parse_time
 from simulators.broker import MosquittoBroker
@@ -181,7 +189,7 @@ async def _sigkill_chaos(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimula
         fleet.close()
         want = expected_ids(reads)
         await wait_until(lambda: wms.stats()["unique"] >= len(want), 120, "all events")
-        await asyncio.sleep(1.0)
+        await delivered(gw)
         stats = wms.stats()
         assert wms.accepted_ids() == want, "lost or foreign events after SIGKILLs"
         # Repeats are only of accepted ids (idempotent), never new ids.
@@ -286,11 +294,17 @@ async def test_malformed_payloads_become_ingest_dead_letters(
         assert sorted(logged) == sorted(bad)
         errors = gw.status()["devices"]["scan-01"]["ingest_errors"]
         assert errors["not_json"] == 2
-        # Acknowledged: a restart gets no redelivery of them.
+        # Acknowledged: a restart gets no redelivery of them. The positive signal: a
+        # read published after the restart arrives, and the broker would have sent
+        # anything still owed to the gateway's session before it.
         await asyncio.to_thread(gw.stop)
         await start(gw)
-        await asyncio.sleep(1.0)
-        assert gw.status()["devices"]["scan-01"]["messages"] == 0
+        fleet = connect_fleet(broker, count=1, start_read_id=1000)
+        after = await publish(fleet, 1)
+        fleet.close()
+        await wait_until(lambda: wms.accepted_ids() >= expected_ids(after), 20,
+                         "the read published after the restart")
+        assert gw.status()["devices"]["scan-01"]["messages"] == 1
         assert gw.status()["store"]["dead_letters"]["ingest"] == 7
 
 
@@ -308,7 +322,7 @@ async def test_redeliveries_and_double_reads(tmp_path: Path, broker: MosquittoBr
         assert doubles and redeliveries
         want = expected_ids(reads)
         await wait_until(lambda: wms.stats()["unique"] >= len(want), 30, "all reads")
-        await asyncio.sleep(0.5)
+        await delivered(gw)
         assert wms.accepted_ids() == want, "a double read became an event, or a read was lost"
         status = gw.status()
         debounced = sum(d["debounced"] for d in status["devices"].values())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import StateIn, decode
@@ -37,15 +37,25 @@ def with_(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
-def test_spec_models_accept_valid_messages() -> None:
-    State.model_validate_json(json.dumps(STATE))
-    Connection.model_validate({**HEADER, "connectionState": "CONNECTIONBROKEN"})
-    Order.model_validate({**HEADER, "orderId": "o1", "orderUpdateId": 0, "edges": [], "nodes": [
+ORDER: dict[str, Any] = {
+    **HEADER, "orderId": "o1", "orderUpdateId": 0, "edges": [], "nodes": [
         {"nodeId": "N1", "sequenceId": 0, "released": True, "actions": [
             {"actionId": "a", "actionType": "pick", "blockingType": "HARD",
              "actionParameters": [{"key": "loadId", "value": "T1"},
-                                  {"key": "height", "value": 1.2}]}]}]})
-    InstantActions.model_validate({**HEADER, "actions": []})
+                                  {"key": "height", "value": 1.2}]}]}]}
+
+
+@pytest.mark.parametrize(("model", "doc"), [
+    (State, STATE),
+    (Connection, {**HEADER, "connectionState": "CONNECTIONBROKEN"}),
+    (Order, ORDER),
+    (InstantActions, {**HEADER, "actions": []}),
+], ids=["state", "connection", "order", "instant_actions"])
+def test_spec_models_accept_valid_messages(model: type[BaseModel], doc: dict[str, Any]) -> None:
+    parsed = model.model_validate_json(json.dumps(doc))
+    # Accepted as sent: every field kept under its wire name, no value coerced or dropped.
+    assert parsed.model_dump(mode="json", by_alias=True, exclude_unset=True) == doc
+    assert type(parsed).model_validate(doc) == parsed
 
 
 @pytest.mark.parametrize(("change", "where"), [

@@ -14,7 +14,7 @@ from pathlib import Path
 from asyncua.crypto import cert_gen
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from e2e import start, wait_until
-from test_opcua_e2e import DEVICE, device, expected_ids, gateway, scans_logged
+from test_gateway_e2e_opcua import DEVICE, device, expected_ids, gateway, scans_logged
 
 from simulators.harness.sorter import SorterProcess
 from simulators.wms import WmsSimulator

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from multidict import CIMultiDictProxy
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from simulators.broker import MosquittoBroker, free_port
 from simulators.scanners import ScannerFleet
@@ -240,7 +241,9 @@ def test_publish_raw_delivers_payload(broker: MosquittoBroker) -> None:
 
 async def test_dedup_counts_duplicates(sim: WmsSimulator, http: aiohttp.ClientSession) -> None:
     ev = event("e-1", container="TOTE-1")
+    before = time.time()
     status, body, _ = await post(http, sim, [ev], **{"Idempotency-Key": "batch-1"})
+    after = time.time()
     assert (status, body) == (200, {"accepted": 1, "duplicates": 0, "rejected": []})
     status, body, _ = await post(http, sim, [ev], **{"Idempotency-Key": "batch-1"})
     assert (status, body) == (200, {"accepted": 0, "duplicates": 1, "rejected": []})
@@ -250,7 +253,7 @@ async def test_dedup_counts_duplicates(sim: WmsSimulator, http: aiohttp.ClientSe
     assert stats["requests"] == 2 and stats["status_counts"] == {"200": 2}
     assert sim.accepted_ids() == {"e-1"}
     assert [r["event"] for r in sim.events] == [ev]
-    assert abs(sim.events[0]["received_at"] - time.time()) < 5
+    assert before <= sim.events[0]["received_at"] <= after  # stamped on receipt, wall clock
     assert [r["idempotency_key"] for r in sim.requests] == ["batch-1", "batch-1"]
     assert all(r["events"] == 1 and r["bytes"] > 0 for r in sim.requests)
 
@@ -405,7 +408,7 @@ async def test_control_outage_reopens_by_itself(
     async with aiohttp.ClientSession(connector=connector) as fresh:
         with pytest.raises(aiohttp.ClientConnectorError):
             await fresh.post(sim.url, json={"events": [event("x")]})
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: not sim.faults.outage, 10, "the outage to end by itself")
         async with fresh.post(sim.url, json={"events": [event("x")]}) as resp:
             assert resp.status == 200
     assert sim.faults.outage is False

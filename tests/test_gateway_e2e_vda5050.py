@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from e2e import site, start, wait_until
+from e2e import delivered, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.core.events import format_time, make_event_id
@@ -171,7 +171,7 @@ async def test_killed_amr_last_will_becomes_an_exception(
         await start(gw)
         await wait_until(lambda: gw.status()["devices"][FLEET]["messages"].get(
             "connection", 0) >= 2, 10, "retained connection messages")
-        await asyncio.sleep(0.5)
+        await delivered(gw)  # nothing left to send: a new exception would be here by now
         assert len(broken()) == 2
         assert wms.stats()["unique"] == len(wms.accepted_ids())
 

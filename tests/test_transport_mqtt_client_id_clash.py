@@ -20,6 +20,7 @@ import pytest
 import structlog
 from e2e import site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from waiting import ManualClock as Clock
 
 from gateway.config import BrokerConfig
 from gateway.mqtt_link import MqttLink
@@ -35,16 +36,6 @@ from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 
 CLIENT_ID = "gw-DC-1-scanners"
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Intruder:

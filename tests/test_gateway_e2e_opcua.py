@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
-from e2e import start, wait_until
+from e2e import delivered, start, wait_until
 
 from gateway.core.events import make_event_id
 from simulators.broker import free_port
@@ -156,7 +156,7 @@ async def test_simulator_killed_and_restarted_mid_stream_loses_and_repeats_nothi
                          "the second run's 120 items")
         want = expected_ids(sorter.read_log())
         await wait_until(lambda: wms.accepted_ids() >= want, 20, "every recorded event")
-        await asyncio.sleep(0.5)
+        await delivered(gw)
         assert wms.accepted_ids() == want, "lost or foreign events across the restart"
         assert wms.stats()["duplicates"] == 0
         confirms = [r for r in sorter.read_log() if r["source"] == "Sorter"]

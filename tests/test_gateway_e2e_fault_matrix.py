@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
-from e2e import connect_fleet, publish, site, start, wait_until
+from e2e import connect_fleet, delivered, publish, site, start, wait_until
 
 from gateway.config import HttpSinkConfig
 from gateway.core.events import make_event_id, parse_time
@@ -190,7 +190,7 @@ async def assert_all_delivered_once(gw: GatewayProcess, wms: WmsSimulator, fault
         return bool(stats["unique"] + stats["rejected"] >= len(want))
 
     await wait_until(alive_and(gw, caught_up), wait_s, f"{len(want)} events at the WMS")
-    await asyncio.sleep(0.5)  # late stragglers would show up as phantoms or duplicates
+    await delivered(gw)  # nothing left to send: late stragglers would be here by now
     got = wms.accepted_ids()
     rejected = wms.stats()["rejected"]
     if fault.rejects:

@@ -7,7 +7,6 @@ the simulator's pymodbus servers run there too and are reached over TCP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import tomllib
 from collections.abc import AsyncIterator, MutableMapping
@@ -28,6 +27,7 @@ from simulators.conveyor import ConveyorSimulator
 from simulators.conveyor_plc import gateway_device_toml
 
 SITE = "S"
+STOP_S = 10.0
 
 
 class Harness:
@@ -56,8 +56,9 @@ class Harness:
     async def stop(self) -> None:
         for t in reversed(self.tasks):
             t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            # Bounded: a task that ignores its cancellation fails the test here, named.
+            _, stuck = await asyncio.wait({t}, timeout=STOP_S)
+            assert not stuck, f"{t.get_name()} did not stop within {STOP_S}s of being cancelled"
         await self.service.close()
 
     async def events(self) -> list[dict[str, Any]]:
@@ -185,17 +186,62 @@ async def test_unreachable_device_is_one_alert_and_polling_waits_for_the_store(
     try:
         await h2.start(committer=False)
         await wait_until(lambda: h2.driver.polls == 1, 10, "the first poll")
-        await asyncio.sleep(0.3)
+        # The positive signal: the first poll's records wait in the committer, and the
+        # driver with them (it awaits their commit), so no second poll can start.
+        await wait_until(lambda: h2.committer.pending == 1, 10, "the first poll's records queued")
+        # Six PLC scans (50 ms each, the driver's poll interval): a driver not held
+        # back by the store would have polled again meanwhile.
+        plc = sim[1].plc
+        scans = plc.heartbeat + 6
+        await wait_until(lambda: plc.heartbeat >= scans, 10, "six PLC scans")
         assert h2.driver.polls == 1, "polling went on while nothing could be committed"
+        assert h2.committer.pending == 1
         h2.start_committer()
         await wait_until(lambda: h2.driver.polls > 5, 10, "polling resumed")
-        plc = sim[1].plc
         await wait_until(lambda: plc.tracking_seq >= 3, 10, "three moves")
         sim.freeze()
         await wait_until(lambda: h2.driver.recognizer.tracking_seq == plc.tracking_seq, 10,
                          "the last move")
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: h2.committer.pending == 0, 10, "the last move committed")
         seqs = [e["data"]["seq"] for e in await h2.events() if e["type"] == "move"]
         assert seqs == list(range(1, plc.tracking_seq + 1))
     finally:
         await h2.stop()
+
+
+async def test_cancel_arriving_with_an_answer_stops_the_driver(tmp_path: Path) -> None:
+    """A stop that coincides with a Modbus answer still stops the driver.
+
+    The cancel is issued from a callback queued while the simulator answers,
+    so it runs in the next loop iteration just before the driver's socket is
+    read: the answer and the cancel reach the driver's task together. This is
+    what a test teardown (or a gateway shutdown) meets when it stops the
+    driver while a poll is in flight; Python 3.11's ``asyncio.wait_for``
+    (used by pymodbus for every request) then returns the answer and drops the
+    cancellation, and a driver that does not check for it polls on forever.
+    """
+    sim = ConveyorSimulator(count=1, tote_rate=1.0, control_port=None)
+    conv = sim[1]
+    answer = conv._action
+    armed: list[asyncio.Task[None]] = []
+
+    async def action(*args: Any) -> Any:
+        if armed:  # cancel the driver right behind this answer
+            asyncio.get_running_loop().call_soon(armed.pop().cancel)
+        return await answer(*args)
+
+    conv._action = action
+    async with sim:
+        h = Harness(tmp_path, conv.port)
+        try:
+            await h.start()
+            await wait_until(lambda: h.driver.polls >= 2, 10, "first polls")
+            task = h.tasks[-1]
+            armed.append(task)
+            with pytest.raises(asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await asyncio.shield(task)
+            assert not armed, "the driver sent no request after being armed"
+            assert task.cancelled()
+        finally:
+            await h.stop()

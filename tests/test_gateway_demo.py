@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_until_sync
 
 from simulators.broker import free_port
 from simulators.harness.process import ChildProcess, python_module
@@ -25,20 +26,6 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = cond()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
-
-
 def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
     status_port = free_port()
     out_path = tmp_path / "demo.out"
@@ -47,9 +34,10 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
         str(tmp_path / "site"), "--amrs", "3", "--duration", "120"), out_path)
     proc.start()
     try:
-        banner = _wait(lambda: re.search(r"stats: http://127\.0\.0\.1:(\d+)/stats",
-                                         out_path.read_text("utf-8", errors="replace")),
-                       60, "the demo banner")
+        banner = wait_until_sync(
+            lambda: re.search(r"stats: http://127\.0\.0\.1:(\d+)/stats",
+                              out_path.read_text("utf-8", errors="replace")),
+            60, "the demo banner", 0.3, ignore=(OSError,))
         control = f"http://127.0.0.1:{banner.group(1)}"
         status = f"http://127.0.0.1:{status_port}/api/status"
 
@@ -58,7 +46,8 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
             return devices if devices and all(d.get("connected") for d in devices.values()) \
                 else None
 
-        devices = _wait(all_connected, 30, "every demo device connected")
+        devices = wait_until_sync(all_connected, 30, "every demo device connected", 0.3,
+                                  ignore=(OSError,))
         drivers = {d["driver"] for d in devices.values()}
         assert drivers == {"mqtt", "modbus", "opcua", "vda5050"}
 
@@ -72,7 +61,9 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
                     ("amr-fleet", "pick")}
             return got if want <= got else None
 
-        got = _wait(complete, 60, "scan, conveyor move, sorter move and AMR pick at the WMS")
+        got = wait_until_sync(complete, 60,
+                              "scan, conveyor move, sorter move and AMR pick at the WMS",
+                              0.3, ignore=(OSError,))
         assert ("amr-fleet", "device_status") not in got  # telemetry is not routed to the WMS
 
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
