@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from drivers.vda5050.messages import VERSION, Action, InstantActions, Node, Order
 from gateway.config import BrokerConfig
 from gateway.core.events import format_time
-from gateway.mqtt_link import MqttLink
+from gateway.transport.link import MqttLink
 
 MAP_ID = "hall-1"
 #: The stations of the map: a 5 x 4 grid, 6 m apart.
