@@ -30,10 +30,10 @@ import structlog
 from buffer.lock import StoreLock, StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
-from drivers import build_drivers
 from gateway.alerts import RejectionWatch
-from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
-from gateway.core.protocols import Driver
+from gateway.build import build_drivers, build_sinks
+from gateway.config import GatewayConfig
+from gateway.core.protocols import Driver, Sink
 from gateway.core.records import DeadLetter
 from gateway.core.snapshot import (
     CommitterSnapshot,
@@ -45,7 +45,6 @@ from gateway.core.snapshot import (
     TaskSnapshot,
 )
 from gateway.forwarder import Forwarder
-from gateway.sinks import HttpSink, MqttSink, Sink
 from gateway.supervisor import Supervisor, describe
 
 log = structlog.get_logger(__name__)
@@ -106,13 +105,7 @@ class Gateway:
             window_s=cfg.store.group_commit,
             max_units=cfg.store.group_commit_max,
         )
-        brokers = {b.id: b for b in cfg.brokers}
-        self.sinks: list[Sink] = []
-        for sc in cfg.sinks:
-            if isinstance(sc, HttpSinkConfig):
-                self.sinks.append(HttpSink(sc))
-            elif isinstance(sc, MqttSinkConfig):
-                self.sinks.append(MqttSink(sc, brokers[sc.broker], cfg.site.id))
+        self.sinks: list[Sink] = build_sinks(cfg)
         self.drivers: list[Driver] = build_drivers(cfg, self.committer)
         self.forwarders: list[Forwarder] = []
         self.store_stats: dict[str, Any] = {}

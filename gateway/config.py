@@ -12,11 +12,12 @@ import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from drivers.modbus.config import ModbusDevice
+from drivers.mqtt.config import MqttDevice, ScannerFields
 from drivers.opcua.config import OpcuaDevice
 from drivers.vda5050.config import Vda5050Device
 from gateway.core.config import (
@@ -25,12 +26,18 @@ from gateway.core.config import (
     Identifier,
     Model,
     PositiveDuration,
+    SinkModel,
     no_inline_secrets,
     parse_bytes,
     parse_duration,
     read_secret,
 )
 from gateway.core.events import EVENT_TYPES
+from gateway.transport.config import BrokerConfig
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Sink as SinkProtocol
+    from gateway.core.protocols import SinkContext
 
 __all__ = [
     "BrokerConfig", "ByteSize", "ConfigError", "Device", "Duration", "GatewayConfig",
@@ -78,66 +85,6 @@ class StoreConfig(Model):
     reserve_bytes: ByteSizeOrZero = 8 * 1024**2
 
 
-class BrokerConfig(Model):
-    """An MQTT broker the gateway connects to (sources and sinks share it)."""
-
-    id: Identifier
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    session_expiry: Duration = 86400.0
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
-    tls: bool = False
-    ca_file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any) -> Any:
-        return no_inline_secrets(data, ("password",))
-
-    @model_validator(mode="after")
-    def _password_needs_user(self) -> BrokerConfig:
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file is set but username is not; set both or neither")
-        return self
-
-
-class ScannerFields(Model):
-    """Where a scanner's JSON payload keeps each field (dotted paths allowed)."""
-
-    code: str = "code"
-    read_id: str | None = "read_id"
-    timestamp: str | None = "timestamp"
-    symbology: str | None = "symbology"
-
-
-class MqttDevice(Model):
-    """A device read over MQTT (today: barcode scanners publishing JSON reads)."""
-
-    id: Identifier
-    driver: Literal["mqtt"]
-    role: Literal["scanner"] = "scanner"
-    broker: Identifier
-    topic: str
-    fields: ScannerFields = ScannerFields()
-    debounce: Duration = 0.5
-    max_payload_bytes: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 65536
-    no_read_codes: list[str] = ["NOREAD", ""]
-    location: str | None = None
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, v: str) -> str:
-        if not v or "#" in v[:-1] or any(
-            ("+" in part or "#" in part) and len(part) > 1 for part in v.split("/")
-        ):
-            raise ValueError(f"not a valid MQTT topic filter: {v!r}")
-        return v
-
-
 #: The device plugin registry: ``driver`` picks the model (and the driver).
 Device = Annotated[
     MqttDevice | ModbusDevice | OpcuaDevice | Vda5050Device, Field(discriminator="driver")
@@ -146,7 +93,7 @@ DEVICE_TAGS = ("mqtt", "modbus", "opcua", "vda5050")
 SINK_TAGS = ("http", "mqtt")
 
 
-class _SinkBase(Model):
+class _SinkBase(SinkModel):
     id: Identifier
     routes: list[str] | None = None
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
@@ -186,6 +133,12 @@ class HttpSinkConfig(_SinkBase):
     def _secrets(cls, data: Any) -> Any:
         return no_inline_secrets(data, ("token",))
 
+    def build(self, ctx: SinkContext) -> SinkProtocol:
+        """An ``HttpSink`` (imports aiohttp)."""
+        from gateway.sinks.http import HttpSink
+
+        return HttpSink(self)
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
@@ -207,6 +160,12 @@ class MqttSinkConfig(_SinkBase):
     prefix: str = "wh"
     window: Annotated[int, Field(ge=1, le=65535)] = 100
     retain: bool = False
+
+    def build(self, ctx: SinkContext) -> SinkProtocol:
+        """An ``MqttSink`` on its broker (imports paho)."""
+        from gateway.sinks.mqtt import MqttSink
+
+        return MqttSink(self, ctx.brokers[self.broker], ctx.site)
 
 
 #: One ``[[sinks]]`` table (not to be confused with ``gateway.core.protocols.Sink``,

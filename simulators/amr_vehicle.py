@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from gateway.config import BrokerConfig
 from gateway.core.events import format_time
-from gateway.mqtt_link import MqttLink
+from gateway.transport.link import MqttLink
 from simulators.vda5050_spec import VERSION, Action, InstantActions, Node, Order
 
 MAP_ID = "hall-1"

@@ -21,6 +21,7 @@ from buffer.service import Committer, StoreService
 from buffer.store import Store
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
+from gateway.build import driver_context
 from gateway.core.events import make_event_id
 from simulators.broker import free_port
 from simulators.conveyor import ConveyorSimulator
@@ -28,6 +29,11 @@ from simulators.conveyor_plc import gateway_device_toml
 
 SITE = "S"
 STOP_S = 10.0
+
+
+def figure(driver: ModbusDriver, key: str) -> Any:
+    """One of conveyor-01's figures in the driver's status snapshot."""
+    return driver.snapshot()["conveyor-01"][key]
 
 
 class Harness:
@@ -40,7 +46,7 @@ class Harness:
         raw = tomllib.loads(gateway_device_toml("conveyor-01", port, poll_interval="50ms",
                                                 extra=keys))
         self.device = ModbusDevice.model_validate(raw["devices"][0])
-        self.driver = ModbusDriver(SITE, self.device, self.committer)
+        self.driver = ModbusDriver(driver_context(SITE, [self.device], self.committer))
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self, *, committer: bool = True) -> None:
@@ -118,11 +124,11 @@ async def test_bad_values_become_dead_letters_counted_and_logged_once(
         await wait_until(lambda: drv.polls >= 2, 10, "first polls")
         sim[1].overrides[("input", 14)] = 0x7FC0  # speed: NaN
         sim[1].overrides[("input", 15)] = 0x0000
-        await wait_until(lambda: bool(drv.errors.for_device("conveyor-01")), 10, "a rejected value")
+        await wait_until(lambda: bool(figure(drv, "ingest_errors")), 10, "a rejected value")
         polls = drv.polls
         await wait_until(lambda: drv.polls > polls + 3, 10, "more polls of the same NaN")
         sim[1].overrides[("input", 14)] = 0x7F80  # +inf: a different reading, same kind
-        await wait_until(lambda: drv.errors.for_device("conveyor-01").get("not_finite") == 2,
+        await wait_until(lambda: figure(drv, "ingest_errors").get("not_finite") == 2,
                          10, "the second bad value")
         sim[1].overrides.clear()
         await wait_until(lambda: drv.snapshot()["conveyor-01"]["points"]["speed"] == 2.0, 10,
@@ -143,7 +149,7 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
     with structlog.testing.capture_logs() as logs:
         await harness.start()
         drv = harness.driver
-        await wait_until(lambda: drv.recognizer.tracking_seq is not None, 10, "first moves")
+        await wait_until(lambda: figure(drv, "tracking_seq") is not None, 10, "first moves")
         sim[1].slow.delay_s, sim[1].slow.count = 2.0, 1
         await wait_until(lambda: drv.connects >= 2, 10, "a reconnect after the timeout")
         await sim[1].restart("warm", down_s=0.5)
@@ -152,7 +158,7 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
         plc = sim[1].plc
         await wait_until(lambda: plc.tracking_seq >= 10, 10, "ten moves")
         sim.freeze()
-        await wait_until(lambda: drv.recognizer.tracking_seq == plc.tracking_seq, 10,
+        await wait_until(lambda: figure(drv, "tracking_seq") == plc.tracking_seq, 10,
                          "the last move read")
     down = logged(logs, "device_unavailable")
     assert len(down) == 2, down  # once per outage, not once per failed attempt
@@ -167,7 +173,7 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
     assert [e["event_id"] for e in moves] == [
         make_event_id(SITE, "conveyor-01", f"trk:1:{m.seq}") for m in plc.moves]
     assert len(want) == len(moves) == plc.tracking_seq >= 10
-    assert drv.recognizer.lost_moves == 0
+    assert figure(drv, "lost_moves") == 0
 
 
 async def test_unreachable_device_is_one_alert_and_polling_waits_for_the_store(
@@ -200,7 +206,7 @@ async def test_unreachable_device_is_one_alert_and_polling_waits_for_the_store(
         await wait_until(lambda: h2.driver.polls > 5, 10, "polling resumed")
         await wait_until(lambda: plc.tracking_seq >= 3, 10, "three moves")
         sim.freeze()
-        await wait_until(lambda: h2.driver.recognizer.tracking_seq == plc.tracking_seq, 10,
+        await wait_until(lambda: figure(h2.driver, "tracking_seq") == plc.tracking_seq, 10,
                          "the last move")
         await wait_until(lambda: h2.committer.pending == 0, 10, "the last move committed")
         seqs = [e["data"]["seq"] for e in await h2.events() if e["type"] == "move"]

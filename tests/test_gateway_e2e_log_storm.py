@@ -19,10 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_gateway_e2e_scanners import expected_ids
 from test_gateway_e2e_vda5050 import FLEET, M, fleet_device
 
-from drivers.base import IngestErrors
-from drivers.mqtt import decode_scanner_read
+from drivers.mqtt.driver import decode_scanner_read
 from gateway.config import ScannerFields
 from gateway.core.errors import IngestError
+from gateway.ingest import IngestErrorLog
 from gateway.recognizers.scanner import ScannerRecognizer
 from simulators.broker import MosquittoBroker
 from simulators.harness.gateway import GatewayProcess
@@ -45,7 +45,7 @@ class _Capture:
 def test_ingest_rejected_first_at_once_then_aggregated_counts() -> None:
     now = [0.0]
     cap = _Capture()
-    errors = IngestErrors(interval_s=60.0, clock=lambda: now[0], logger=cap)
+    errors = IngestErrorLog(interval_s=60.0, clock=lambda: now[0], logger=cap)
     for _ in range(2000):
         errors.record("scan-01", IngestError("not_json", "Expecting value"), topic="t")
         now[0] += 0.01
@@ -65,7 +65,7 @@ def test_ingest_rejected_first_at_once_then_aggregated_counts() -> None:
 async def test_held_back_counts_are_written_without_further_input() -> None:
     now = [0.0]
     cap = _Capture()
-    errors = IngestErrors(interval_s=0.2, clock=lambda: now[0], logger=cap)
+    errors = IngestErrorLog(interval_s=0.2, clock=lambda: now[0], logger=cap)
     for _ in range(3):
         errors.record("scan-01", IngestError("bad_field", "x"))
     task = asyncio.create_task(errors.flush_every())
@@ -81,7 +81,7 @@ async def test_held_back_counts_are_written_without_further_input() -> None:
 def test_recognizer_failed_throttled_with_one_traceback_per_device_and_type() -> None:
     now = [0.0]
     cap = _Capture()
-    errors = IngestErrors(interval_s=60.0, clock=lambda: now[0], logger=cap)
+    errors = IngestErrorLog(interval_s=60.0, clock=lambda: now[0], logger=cap)
     for i in range(2300):
         err = errors.failed("amr-fleet", ValueError(f"bad {i}"), topic="t")
         assert err.kind == "recognizer_error" and f"bad {i}" in err.detail

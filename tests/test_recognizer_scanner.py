@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from drivers.mqtt import IngestError, decode_scanner_read
+from drivers.mqtt.driver import IngestError, decode_scanner_read
 from gateway.config import ScannerFields
 from gateway.core.events import Event, Priority, Signal, format_time, make_event_id
 from gateway.recognizers.scanner import MAX_RECENT_CODES, ScannerRecognizer

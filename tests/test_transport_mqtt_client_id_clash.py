@@ -23,8 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from waiting import ManualClock as Clock
 
 from gateway.config import BrokerConfig
-from gateway.mqtt_link import MqttLink
-from gateway.mqtt_takeover import (
+from gateway.transport.link import MqttLink
+from gateway.transport.takeover import (
     ALERT_HOLD_S,
     SILENT_DROP_WINDOW_S,
     SILENT_DROPS,

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,8 +44,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.events import get_filter_from_event_type
 
-from buffer.service import Backpressure, Committer
-from drivers.base import Availability, IngestErrors, raise_if_cancelling
+from drivers.base import Availability, raise_if_cancelling
 from drivers.opcua import client as opc
 from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
@@ -63,8 +62,8 @@ from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
+from gateway.core.protocols import DriverContext
 from gateway.core.records import IngestDeadLetter, Record
-from gateway.recognizers.sorter import SorterRecognizer, divert_source_key, scan_source_key
 
 log = structlog.get_logger(__name__)
 
@@ -104,18 +103,17 @@ class _NodeRoute:
 class OpcuaDriver:
     """Reads one OPC UA device (a sorter and/or an induct reader)."""
 
-    def __init__(self, site: str, device: OpcuaDevice, committer: Committer, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.site = site
+    def __init__(self, ctx: DriverContext[OpcuaDevice]) -> None:
+        (device,) = ctx.devices
+        self.site = ctx.site
         self.device = device
         self.name = f"opcua-{device.id}"
         opc.quiet_library_logs()
-        self._committer = committer
-        self._clock = clock
-        self.recognizer = SorterRecognizer(site=site, device=device.id, induct=device.induct,
-                                           location=device.location)
+        self.ingest = ctx.ingest
+        self.pipe = ctx.ingest.device(device.id)
+        self.pipe.bind(self._describe)
+        self._clock = ctx.clock
         self.availability = Availability(device.id, "opcua")
-        self.errors = IngestErrors()
         self._backoff = Backoff(device.backoff_initial, device.backoff_max)
         self._events = [_EventRoute(i, e) for i, e in enumerate(device.events)]
         self._by_handle: dict[int, _EventRoute] = {}
@@ -127,7 +125,7 @@ class OpcuaDriver:
         self._paused = False
         self._lost = asyncio.Event()
         self._drained = asyncio.Event()
-        committer.on_drained(self._drained.set)
+        ctx.ingest.on_drained(self._drained.set)
         self._sub: RawSubscription | None = None
         self._keepalive_s = device.publishing_interval * device.keepalive_count
         #: When the current session came up (monotonic); None while not up.
@@ -145,7 +143,7 @@ class OpcuaDriver:
 
     async def run(self) -> None:
         """Keep a session to the device until cancelled."""
-        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
         try:
             while True:
                 raise_if_cancelling()  # asyncua's wait_for may have swallowed a cancel
@@ -188,7 +186,7 @@ class OpcuaDriver:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
         now = self._clock()
-        rec = self.recognizer
+        figures = self.pipe.snapshot()
         return {self.device.id: {
             "driver": "opcua",
             "role": self.device.role,
@@ -203,9 +201,7 @@ class OpcuaDriver:
             "history_events": self.history_events,
             "repeats_dropped": self.repeats_dropped,
             "subscriptions_recreated": self.subscriptions_recreated,
-            "moves": rec.moves, "scans": rec.scans, "exceptions": rec.exceptions,
-            "data_changes": rec.data_changes,
-            "ingest_errors": self.errors.for_device(self.device.id),
+            **figures,
             "synced_until": {f"{r.cfg.kind}@{r.cfg.source}": _iso(r.synced_until)
                              for r in self._events},
             "last_seen_s_ago": None if self.last_seen is None else round(now - self.last_seen, 1),
@@ -295,7 +291,7 @@ class OpcuaDriver:
                     records.extend(self._event(route, values, now))
                 self.history_events += len(fields_batch)
                 if records:
-                    await self._committer.append(records)
+                    await self.pipe.append(records)
             route.catching_up = False
             route.synced_until = max(start, route.seen_until or start)
 
@@ -374,7 +370,7 @@ class OpcuaDriver:
     def _data_changes(self, items: list[ua.MonitoredItemNotification], now: float,
                       out: list[Record]) -> None:
         nodes = self._nodes
-        feed = self.recognizer.feed
+        recognize = self.pipe.recognize
         device = self.device.id
         self.notifications += len(items)
         for item in items:
@@ -399,7 +395,7 @@ class OpcuaDriver:
                 continue
             sig = Signal(device, route.point, value, now, stamp_us / 1e6, str(stamp_us),
                          quality(dv.StatusCode), {"node": route.node_text, "kind": route.kind})
-            out.extend(feed(sig))
+            out.extend(recognize(sig, sig))
 
     @staticmethod
     def _of_type(route: _EventRoute, values: list[ua.Variant]) -> bool:
@@ -422,10 +418,9 @@ class OpcuaDriver:
         try:
             if route.cfg.kind == "divert_confirm":
                 sig = divert_signal(self.device.id, fields, now)
-                key = divert_source_key(sig)
             else:
                 sig = scan_signal(self.device.id, fields, now)
-                key = scan_source_key(sig)
+            key = self.pipe.source_key(sig)
         except IngestError as err:
             payload = repr({k: v for k, v in fields.items() if k not in ("LocalTime",)})
             return [self._dead_letter(err, route.cfg.kind, payload.encode(),
@@ -436,30 +431,34 @@ class OpcuaDriver:
         self._recent[key] = None
         if len(self._recent) > RECENT_EVENT_KEYS:
             self._recent.popitem(last=False)
-        try:
-            return list(self.recognizer.feed(sig))
-        except Exception as err:  # a recognizer bug must not stop ingest
-            return [self._dead_letter(self.errors.failed(self.device.id, err), route.cfg.kind,
-                                      repr(fields).encode(), {"source": route.cfg.source})]
+        return list(self.pipe.recognize(sig, (route, fields)))
+
+    def _describe(self, raw: Signal | tuple[_EventRoute, dict[str, Any]],
+                  ) -> tuple[bytes, Mapping[str, Any]]:
+        """What a failed recognition keeps: a data change's value, or an event's fields."""
+        if isinstance(raw, Signal):
+            return repr(raw.value).encode(), {
+                "point": raw.point, "endpoint": self.device.endpoint,
+                "node": raw.attrs.get("node")}
+        route, fields = raw
+        return repr(fields).encode(), {"point": route.cfg.kind, "endpoint": self.device.endpoint,
+                                       "source": route.cfg.source}
 
     def _dead_letter(self, err: IngestError, point: str, payload: bytes,
                      context: dict[str, Any]) -> IngestDeadLetter:
-        return self.errors.dead_letter(self.device.id, err, payload,
-                                       {"point": point, "endpoint": self.device.endpoint,
-                                        **context})
+        return self.pipe.dead_letter(err, payload, {"point": point,
+                                                    "endpoint": self.device.endpoint, **context})
 
     async def _submit(self, records: list[Record]) -> None:
-        committer = self._committer
-        try:
-            committer.submit(records, None)
-        except Backpressure:
+        pipe = self.pipe
+        if not pipe.hand_off(records, None):
             # Not expected (we stop reading at the high-water mark): wait for room.
-            await committer.append(records)
-        if committer.saturated:
+            await pipe.append(records)
+        if pipe.saturated:
             # Holding the publish loop here stops further publish requests: the
             # server queues (or, for data changes, keeps only the latest values).
             self._drained.clear()
-            while committer.saturated and not self._paused:
+            while pipe.saturated and not self._paused:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._drained.wait()

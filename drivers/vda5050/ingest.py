@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from drivers.vda5050.config import TOPICS
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
-from gateway.recognizers.amr import (
+from gateway.core.reports import (
     ActionPlan,
     ActionStatus,
     ConnectionReport,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Driver, DriverContext, Sink, SinkContext
 
 _UNITS = {
     "": 1, "b": 1,
@@ -68,6 +71,50 @@ class Model(BaseModel):
     """Base of every config model: unknown keys are errors, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceModel(Model):
+    """Base of a device's config model: the model is the plugin that builds its driver.
+
+    A subclass sets ``KIND`` (its ``driver`` key) and ``ROLES`` (the roles its
+    driver can feed: each has a recognizer in ``gateway.ingest.RECOGNIZERS``),
+    and implements ``build``. Devices with the same ``group()`` share one
+    driver (MQTT devices on one broker share its connection).
+    """
+
+    KIND: ClassVar[str] = ""
+    ROLES: ClassVar[tuple[str, ...]] = ()
+
+    id: str
+    role: str
+
+    @field_validator("role", check_fields=False)
+    @classmethod
+    def _known_role(cls, v: str) -> str:
+        if v not in cls.ROLES:
+            expected = ", ".join(repr(r) for r in cls.ROLES)
+            raise ValueError(f"role {v!r} is not one the {cls.KIND} driver can feed; "
+                             f"expected {'one of ' if len(cls.ROLES) > 1 else ''}{expected}")
+        return v
+
+    def group(self) -> str:
+        """Devices of one kind with the same group are served by one driver."""
+        return self.id
+
+    @classmethod
+    def build(cls, ctx: DriverContext[Any]) -> Driver:
+        """The running driver for ``ctx.devices`` (imports the protocol library)."""
+        raise NotImplementedError(f"{cls.__name__} does not build a driver")
+
+
+class SinkModel(Model):
+    """Base of a sink's config model: the model builds its running sink."""
+
+    id: str
+
+    def build(self, ctx: SinkContext) -> Sink:
+        """The running sink (imports the protocol library)."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a sink")
 
 
 def no_inline_secrets(data: Any, keys: tuple[str, ...]) -> Any:

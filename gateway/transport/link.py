@@ -11,7 +11,7 @@ previous connection must never be acknowledged on a new one (it would ack a
 different message). A message whose connection died before its ack is simply
 redelivered by the broker; the store deduplicates it by event id.
 
-Every drop is shown to a ``TakeoverDetector`` (gateway/mqtt_takeover.py), so
+Every drop is shown to a ``TakeoverDetector`` (gateway/transport/takeover.py), so
 that another client using the same client id is named as such in the log,
 ``last_error`` and the alerts instead of a bare "Unspecified error".
 """
@@ -33,10 +33,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import BrokerConfig
 from gateway.core.config import read_secret
 from gateway.core.throttle import LogThrottle
-from gateway.mqtt_takeover import Takeover, TakeoverDetector
+from gateway.transport.config import BrokerConfig
+from gateway.transport.takeover import Takeover, TakeoverDetector
 
 log = structlog.get_logger(__name__)
 

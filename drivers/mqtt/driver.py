@@ -1,4 +1,4 @@
-"""MQTT driver: subscribes to device topics and feeds their messages to recognizers.
+"""MQTT driver: subscribes to scanner topics and hands their reads to the ingest pipeline.
 
 One connection per broker, with a persistent session (``clean_start=False``
 and a session expiry), QoS 1 and manual acknowledgement: a message is
@@ -19,24 +19,20 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 import structlog
 
-from buffer.service import Committer
-from drivers.base import IngestErrors
-from drivers.mqtt_flow import hand_over
-from gateway.config import BrokerConfig, MqttDevice, ScannerFields
+from drivers.mqtt.config import MqttDevice, ScannerFields
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
-from gateway.core.records import Record
-from gateway.mqtt_link import MqttLink
-from gateway.recognizers.scanner import ScannerRecognizer
+from gateway.core.protocols import DeviceIngest, DriverContext
+from gateway.transport.config import BrokerConfig
+from gateway.transport.link import MqttLink
 
 log = structlog.get_logger(__name__)
 
@@ -129,44 +125,32 @@ def decode_scanner_read(
 @dataclass(slots=True)
 class _Route:
     device: MqttDevice
-    recognizer: ScannerRecognizer
+    ingest: DeviceIngest
 
 
 class MqttDriver:
     """All MQTT devices on one broker."""
 
-    def __init__(
-        self,
-        site: str,
-        broker: BrokerConfig,
-        devices: Sequence[MqttDevice],
-        committer: Committer,
-        *,
-        client_id: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.site = site
+    def __init__(self, ctx: DriverContext[MqttDevice], *, client_id: str | None = None) -> None:
+        broker: BrokerConfig = ctx.broker
+        devices = ctx.devices
+        self.site = site = ctx.site
         self.broker = broker
         self.name = f"driver-{broker.id}"
-        self._committer = committer
-        self._clock = clock
+        self.ingest = ctx.ingest
+        self._clock = ctx.clock
         self._exact: dict[str, _Route] = {}
         self._wild: list[tuple[str, _Route]] = []
         for dev in devices:
-            route = _Route(dev, ScannerRecognizer(
-                site=site, device=dev.id, debounce_s=dev.debounce,
-                no_read_codes=frozenset(dev.no_read_codes), location=dev.location,
-            ))
+            route = _Route(dev, ctx.ingest.device(dev.id))
             if "+" in dev.topic or "#" in dev.topic:
                 self._wild.append((dev.topic, route))
             else:
                 self._exact[dev.topic] = route
-        self.errors = IngestErrors()
         self.messages: Counter[str] = Counter()
         self.last_seen: dict[str, float] = {}
-        self.unrouted = 0
         self._paused = False
-        committer.on_drained(self._resume)
+        ctx.ingest.on_drained(self._resume)
         self.link = MqttLink(
             broker,
             client_id or broker.client_id or f"wh-gw-{site}-{broker.id}",
@@ -175,6 +159,17 @@ class MqttDriver:
             on_message=self._on_message,
             subscriptions=[(d.topic, 1) for d in devices],
         )
+        for route in self._routes():
+            route.ingest.bind(self._describe, on_saturated=self.link.pause_reading,
+                              on_refused=self.link.drop_connection)
+
+    @property
+    def unrouted(self) -> int:
+        """Messages for no configured device (acknowledged and dropped)."""
+        return self.ingest.unrouted
+
+    def _routes(self) -> list[_Route]:
+        return [*self._exact.values(), *(r for _, r in self._wild)]
 
     def _route(self, topic: str) -> _Route | None:
         route = self._exact.get(topic)
@@ -204,37 +199,27 @@ class MqttDriver:
             link.ack(mid, generation)
 
         if route is None:
-            # A subscription that matches no device (a device removed from the
-            # config whose subscription lives on in the persistent session).
-            if not self.unrouted:
-                log.warning("mqtt_message_for_unknown_device", topic=msg.topic,
-                            action="acknowledged and dropped; counted in unrouted_messages")
-            self.unrouted += 1
+            self.ingest.unrouted_message(msg.topic, self.name)
             ack()
             return
         dev = route.device
         self.messages[dev.id] += 1
         self.last_seen[dev.id] = now
-        records: list[Record]
         try:
             sig = decode_scanner_read(msg.payload, dev.fields, dev.id, now, dev.max_payload_bytes)
-            records = list(route.recognizer.feed(sig))
         except IngestError as err:
-            records = [self._dead_letter(dev.id, err, msg)]
-        except Exception as err:  # a recognizer bug must not stop ingest
-            records = [self._dead_letter(dev.id, self.errors.failed(dev.id, err, topic=msg.topic),
-                                         msg)]
-        hand_over(self._committer, link, records, ack, self.name)
+            route.ingest.reject(err, msg, ack)
+            return
+        route.ingest.accept(sig, msg, ack)
 
-    def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
-        return self.errors.dead_letter(device, err, bytes(msg.payload), {
-            "topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
-            "broker": self.broker.id,
-        })
+    def _describe(self, msg: paho.MQTTMessage) -> tuple[bytes, Mapping[str, Any]]:
+        """A message as its dead letter keeps it."""
+        return bytes(msg.payload), {"topic": msg.topic, "qos": msg.qos,
+                                    "retain": bool(msg.retain), "broker": self.broker.id}
 
     async def run(self) -> None:
         """Run the broker connection until cancelled."""
-        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
         try:
             await self.link.run()
         finally:
@@ -254,9 +239,10 @@ class MqttDriver:
         """Per-device figures for the status API."""
         now = self._clock()
         devices = {}
-        for route in [*self._exact.values(), *(r for _, r in self._wild)]:
+        for route in self._routes():
             dev_id = route.device.id
             seen = self.last_seen.get(dev_id)
+            figures = route.ingest.snapshot()
             devices[dev_id] = {
                 "driver": "mqtt",
                 "role": route.device.role,
@@ -267,8 +253,8 @@ class MqttDriver:
                 "session_takeovers": self.link.takeovers,
                 "broker_error": self.link.last_error,
                 "messages": self.messages[dev_id],
-                "debounced": route.recognizer.debounced,
-                "ingest_errors": self.errors.for_device(dev_id),
+                "debounced": figures["debounced"],
+                "ingest_errors": figures["ingest_errors"],
                 "last_seen_s_ago": None if seen is None else round(now - seen, 1),
             }
         return devices
