@@ -25,6 +25,7 @@ from buffer.store import Store
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registers import PointSpec, ReadBlock, Span, plan_reads, split_at_gaps
+from gateway.build import driver_context
 
 SITE = "S"
 DEVICE = "plc-1"
@@ -84,7 +85,7 @@ async def test_reads_bridging_unmapped_addresses_are_split_once_and_the_plan_kep
         "poll_interval": "50ms", "timeout": "500ms", "backoff_initial": "50ms",
         "backoff_max": "200ms", "heartbeat_timeout": "0s", "points": POINTS})
     committer = Committer(service)
-    drv = ModbusDriver(SITE, device, committer)
+    drv = ModbusDriver(driver_context(SITE, [device], committer))
     assert [(b.table, b.address, b.count) for b in drv.blocks] == [
         ("holding", 0, 12), ("input", 0, 2)], "the default plan bridges holding 2..9"
     store = await service.open()

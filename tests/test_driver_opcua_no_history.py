@@ -31,6 +31,7 @@ from buffer.store import Store
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver
 from drivers.opcua.history import NoEventHistory, no_history_status
+from gateway.build import driver_context
 from simulators.broker import free_port
 
 SITE = "S"
@@ -121,7 +122,7 @@ class Harness:
                "events": [{"kind": "divert_confirm", "source": "ns=2;s=Sorter",
                            "type": "ns=2;s=DivertConfirmEventType"}]} | extra
         self.device = OpcuaDevice.model_validate(raw)
-        self.driver = OpcuaDriver(SITE, self.device, self.committer)
+        self.driver = OpcuaDriver(driver_context(SITE, [self.device], self.committer))
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
