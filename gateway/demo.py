@@ -93,7 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     from gateway.app import StartupError
-    from gateway.cli import EXIT_FAILED, STARTUP_EXIT_CODES
+    from gateway.exitcodes import EXIT_FAILED, STARTUP_EXIT_CODES
 
     try:
         try:
