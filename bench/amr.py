@@ -22,9 +22,7 @@ processes, percent of one core), ``amr_steps_tried``, and per step
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,21 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.spine import WmsProcess
 from simulators.broker import MosquittoBroker, free_port
-from simulators.gateway_process import GatewayProcess, SiteConfig
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.process import ChildProcess, cpu_seconds, simulator, stop_all
+from simulators.harness.wms import WmsProcess
 
 FLEET = "amr-fleet"
-_TICKS = os.sysconf("SC_CLK_TCK")
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-
-
 def _fleet(gw: GatewayProcess) -> dict[str, Any]:
     result: dict[str, Any] = gw.status()["devices"][FLEET]
     return result
@@ -65,38 +54,27 @@ class _Simulators:
     def __init__(self, port: int, per_process: int, interval: float, logdir: Path) -> None:
         self.port, self.per_process, self.interval, self.logdir = (
             port, per_process, interval, logdir)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[ChildProcess] = []
         self.count = 0
 
     def grow_to(self, total: int) -> None:
         while self.count < total:
             n = min(self.per_process, total - self.count)
-            log = open(self.logdir / f"amr-sim-{len(self.procs)}.log", "wb")  # noqa: SIM115
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "simulators", "amr", "--port", str(self.port),
-                 "--count", str(n), "--first", str(self.count + 1),
-                 "--state-interval", str(self.interval), "--standalone",
-                 "--speed", "2", "--action-time", "2", "--idle-min", "1", "--idle-max", "5",
-                 "--fail-rate", "0.02", "--seed", str(len(self.procs) + 1)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=_ROOT,
-            ))
-            log.close()
+            child = simulator("amr", [
+                "--port", str(self.port), "--count", str(n), "--first", str(self.count + 1),
+                "--state-interval", str(self.interval), "--standalone",
+                "--speed", "2", "--action-time", "2", "--idle-min", "1", "--idle-max", "5",
+                "--fail-rate", "0.02", "--seed", str(len(self.procs) + 1)],
+                self.logdir / f"amr-sim-{len(self.procs)}.log")
+            child.start()
+            self.procs.append(child)
             self.count += n
 
     def cpu_seconds(self) -> float:
-        return sum(_cpu_seconds(p.pid) for p in self.procs if p.poll() is None)
+        return sum(p.cpu_seconds() for p in self.procs if p.running)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + 15  # one budget for all: they stop in parallel
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(self.procs, 15)  # one budget for all: they stop in parallel
 
 
 def _wait_online(gw: GatewayProcess, n: int, timeout: float) -> None:
@@ -118,12 +96,12 @@ def _step(gw_pid: int, broker_pid: int, gw: GatewayProcess, sims: _Simulators, n
     """(gateway CPU %, states/s taken in, simulators CPU %, broker CPU %) at ``n`` AMRs."""
     _wait_online(gw, n, 60 + n / 20)
     time.sleep(settle_s)
-    t0, g0, s0, b0 = (time.monotonic(), _cpu_seconds(gw_pid), sims.cpu_seconds(),
-                      _cpu_seconds(broker_pid))
+    t0, g0, s0, b0 = (time.monotonic(), cpu_seconds(gw_pid), sims.cpu_seconds(),
+                      cpu_seconds(broker_pid))
     m0 = _fleet(gw)["messages"].get("state", 0)
     time.sleep(window_s)
-    t1, g1, s1, b1 = (time.monotonic(), _cpu_seconds(gw_pid), sims.cpu_seconds(),
-                      _cpu_seconds(broker_pid))
+    t1, g1, s1, b1 = (time.monotonic(), cpu_seconds(gw_pid), sims.cpu_seconds(),
+                      cpu_seconds(broker_pid))
     m1 = _fleet(gw)["messages"].get("state", 0)
     elapsed = t1 - t0
     return (100 * (g1 - g0) / elapsed, (m1 - m0) / elapsed, 100 * (s1 - s0) / elapsed,
@@ -140,18 +118,18 @@ def measure(workdir: Path, *,
     out: dict[str, float | int] = {"amr_count": 0, "amr_gateway_cpu_pct": 0.0}
     tried = 0
     with MosquittoBroker(workdir / "mosquitto") as broker:
-        wms = WmsProcess(free_port(), free_port(), keep_events=1000)
+        wms = WmsProcess(free_port(), free_port(), keep_events=1000,
+                         log_path=workdir / "wms.log")
         wms.start()
         sims = _Simulators(broker.port, per_process, state_interval, workdir)
-        cfg = SiteConfig(workdir=workdir / "gw", broker_port=broker.port, wms_url=wms.url,
-                         scanners=0, synchronous="NORMAL",
-                         extra_toml=f'[[devices]]\nid = "{FLEET}"\ndriver = "vda5050"\n'
-                                    'broker = "site"\n')
+        cfg = GatewaySetup(workdir=workdir / "gw", broker_port=broker.port, wms_url=wms.url,
+                           scanners=0, synchronous="NORMAL",
+                           devices=[{"id": FLEET, "driver": "vda5050", "broker": "site"}])
         try:
             with GatewayProcess(cfg) as gw:
                 gw.start()
-                assert gw.proc is not None and broker.pid is not None
-                gw_pid, broker_pid = gw.proc.pid, broker.pid
+                assert broker.pid is not None
+                gw_pid, broker_pid = gw.pid, broker.pid
                 for n in steps:
                     tried += 1
                     sims.grow_to(n)

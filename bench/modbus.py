@@ -19,47 +19,29 @@ median poll time.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.spine import WmsProcess
 from simulators.broker import free_port
-from simulators.conveyor_plc import gateway_device_toml
-from simulators.gateway_process import GatewayProcess, SiteConfig
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+from simulators.conveyor_plc import gateway_device
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.process import ChildProcess, simulator
+from simulators.harness.wms import WmsProcess
 
 
 def _start_simulator(workdir: Path, count: int, zones: int, tote_rate: float
-                     ) -> tuple[subprocess.Popen[bytes], list[int]]:
-    out = workdir / "conveyor-sim.log"
-    with open(out, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators", "conveyor", "--count", str(count), "--port", "0",
-             "--control-port", "0", "--zones", str(zones), "--tote-rate", str(tote_rate)],
-            stdout=f, stderr=subprocess.STDOUT, cwd=_ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"conveyor simulator exited: {out.read_text()[-2000:]}")
-        for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
-            if '"conveyor_simulator_listening"' in line:
-                ports: list[int] = json.loads(line)["ports"]
-                return proc, ports
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("conveyor simulator did not start")
+                     ) -> tuple[ChildProcess, list[int]]:
+    sim = simulator("conveyor", ["--count", str(count), "--port", "0", "--control-port", "0",
+                                 "--zones", str(zones), "--tote-rate", str(tote_rate)],
+                    workdir / "conveyor-sim.log")
+    sim.start()
+    try:
+        line = sim.wait_for_log_event("conveyor_simulator_listening", 30)
+    except BaseException:
+        sim.kill()
+        raise
+    return sim, [int(p) for p in line["ports"]]
 
 
 def _totals(gw: GatewayProcess) -> tuple[int, int, int]:
@@ -75,34 +57,33 @@ def measure(workdir: Path, *, devices: int = 50, seconds: float = 15.0,
     """Run the measurement in ``workdir``; returns the figures (see the module doc)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sim, ports = _start_simulator(workdir, devices, zones, tote_rate)
-    wms = WmsProcess(free_port(), free_port(), keep_events=10_000)
+    wms = WmsProcess(free_port(), free_port(), keep_events=10_000,
+                     log_path=workdir / "wms.log")
     try:
         wms.start()
-        extra = "\n".join(
-            gateway_device_toml(f"conveyor-{n:02d}", port, poll_interval=poll_interval,
-                                zones=zones, extra={"counter_report_interval": "5s"})
-            for n, port in enumerate(ports, 1))
-        cfg = SiteConfig(workdir=workdir / "gw", broker_port=free_port(), wms_url=wms.url,
-                         scanners=0, synchronous="NORMAL", extra_toml=extra)
+        extra = [
+            gateway_device(f"conveyor-{n:02d}", port, poll_interval=poll_interval,
+                           zones=zones, extra={"counter_report_interval": "5s"})
+            for n, port in enumerate(ports, 1)]
+        cfg = GatewaySetup(workdir=workdir / "gw", broker_port=free_port(), wms_url=wms.url,
+                           scanners=0, synchronous="NORMAL", devices=extra)
         with GatewayProcess(cfg) as gw:
             gw.start(timeout=60)
-            assert gw.proc is not None
             time.sleep(warmup)
             p0, n0, r0 = _totals(gw)
             e0 = wms.stats()["unique"]
-            c0, s0, t0 = _cpu_seconds(gw.proc.pid), _cpu_seconds(sim.pid), time.monotonic()
+            c0, s0, t0 = gw.cpu_seconds(), sim.cpu_seconds(), time.monotonic()
             time.sleep(seconds)
             p1, n1, r1 = _totals(gw)
             e1 = wms.stats()["unique"]
-            c1, s1, t1 = _cpu_seconds(gw.proc.pid), _cpu_seconds(sim.pid), time.monotonic()
+            c1, s1, t1 = gw.cpu_seconds(), sim.cpu_seconds(), time.monotonic()
             status = gw.status()
             mb = [d for d in status["devices"].values() if d.get("driver") == "modbus"]
             connected = sum(1 for d in mb if d["connected"])
             poll_ms = sorted(d["last_poll_ms"] for d in mb)
             gw.stop()
     finally:
-        sim.terminate()
-        sim.wait(10)
+        sim.stop()
         wms.stop()
     dt = t1 - t0
     return {

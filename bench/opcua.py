@@ -26,20 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from simulators.broker import free_port
-from simulators.gateway_process import GatewayProcess, SiteConfig
-from simulators.sorter_process import SorterProcess
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.sorter import SorterProcess
 
 DEVICE = "sorter-bench"
 
 
-def _device_toml(endpoint: str, nodes: int, publishing_ms: int) -> str:
-    lines = ["[[devices]]", f'id = "{DEVICE}"', 'driver = "opcua"', f'endpoint = "{endpoint}"',
-             f'publishing_interval = "{publishing_ms}ms"', "queue_size = 10",
-             'request_timeout = "20s"']
-    for i in range(nodes):
-        lines += ["[[devices.nodes]]", f'node = "ns=2;s=Telemetry.T{i:05d}"',
-                  f'point = "t{i:05d}"']
-    return "\n".join(lines)
+def _device(endpoint: str, nodes: int, publishing_ms: int) -> dict[str, Any]:
+    return {"id": DEVICE, "driver": "opcua", "endpoint": endpoint,
+            "publishing_interval": f"{publishing_ms}ms", "queue_size": 10,
+            "request_timeout": "20s",
+            "nodes": [{"node": f"ns=2;s=Telemetry.T{i:05d}", "point": f"t{i:05d}"}
+                      for i in range(nodes)]}
 
 
 def measure(workdir: Path, **opts: Any) -> dict[str, float | int]:
@@ -51,9 +49,9 @@ def measure(workdir: Path, **opts: Any) -> dict[str, float | int]:
     publishing_ms = int(opts.get("publishing_ms", 100))
     sorter = SorterProcess(workdir / "sorter", rate=0, state=False, extra=[
         "--telemetry-nodes", str(nodes), "--telemetry-rate", str(rate_hz)])
-    cfg = SiteConfig(workdir=workdir / "gw", broker_port=free_port(), wms_url=None,
-                     scanners=0, max_bytes="4 GiB",
-                     extra_toml=_device_toml(sorter.endpoint, nodes, publishing_ms))
+    cfg = GatewaySetup(workdir=workdir / "gw", broker_port=free_port(), wms_url=None,
+                       scanners=0, max_bytes="4 GiB",
+                       devices=[_device(sorter.endpoint, nodes, publishing_ms)])
     with sorter, GatewayProcess(cfg) as gw:
         sorter.start()
         gw.start(timeout=60)

@@ -21,12 +21,9 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,61 +34,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from simulators.broker import MosquittoBroker, free_port
-from simulators.gateway_process import GatewayProcess, SiteConfig
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.wms import WmsProcess
 from simulators.scanners import ScannerFleet
 
 TOPIC = "site/DC-EAST-1/scanners/+/reads"
 SCANNERS = 8
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
-class WmsProcess:
-    """The WMS simulator in its own process (the gateway's peer on the other core)."""
-
-    def __init__(self, port: int, control_port: int, keep_events: int) -> None:
-        self.port, self.control_port, self.keep = port, control_port, keep_events
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators", "wms", "--port", str(self.port),
-             "--control-port", str(self.control_port), "--keep-events", str(self.keep)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                self.stats()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("WMS simulator did not start")
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = _get(f"http://127.0.0.1:{self.control_port}/stats")
-        return result
-
-    def events(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        while True:
-            page = _get(f"http://127.0.0.1:{self.control_port}/events?after={len(out)}"
-                        "&limit=10000")
-            if not page["events"]:
-                return out
-            out.extend(page["events"])
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/events"
 
 
 def _wait_unique(wms: WmsProcess, n: int, timeout: float, poll: float = 0.02) -> float:
@@ -181,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         wms_port, ctl_port = free_port(), free_port()
 
         # -- phase 1: the same flood drained by a bare subscriber and by the gateway --
-        wms = WmsProcess(wms_port, ctl_port, keep_events=0)
+        wms = WmsProcess(wms_port, ctl_port, keep_events=0, log_path=work / "wms-e2e.log")
         wms.start()
-        cfg = SiteConfig(workdir=work / "e2e", broker_port=port, wms_url=wms.url,
+        cfg = GatewaySetup(workdir=work / "e2e", broker_port=port, wms_url=wms.url,
                          scanners=SCANNERS, http_extra={"backoff_max": 0.5})
         gw = GatewayProcess(cfg)
         gw.start()  # creates the gateway's persistent session and subscriptions
@@ -201,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                       e2e_events_per_s=round(e2e), e2e_ratio=round(e2e / raw, 3))
 
         # -- phase 2: a backlog built with the WMS down, then drained --
-        cfg2 = SiteConfig(workdir=work / "drain", broker_port=port, wms_url=wms.url,
+        cfg2 = GatewaySetup(workdir=work / "drain", broker_port=port, wms_url=wms.url,
                           scanners=SCANNERS, max_bytes="4 GiB", batch_max=5000,
                           http_extra={"backoff_max": 0.2, "backoff_initial": 0.05})
         gw2 = GatewayProcess(cfg2, name="gateway-drain")
@@ -226,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 raise TimeoutError("backlog did not build")
             time.sleep(0.5)
         build_s = time.time() - t_build
-        wms2 = WmsProcess(wms_port, ctl_port, keep_events=0)
+        wms2 = WmsProcess(wms_port, ctl_port, keep_events=0, log_path=work / "wms-drain.log")
         t0 = time.time()
         wms2.start()
         t_end = _wait_unique(wms2, args.backlog, 900, poll=0.05)
@@ -241,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
                       store_file_mb_after_drain=round(store_file_mb, 1))
 
         # -- phase 3: latency at a steady rate --
-        wms3 = WmsProcess(wms_port, ctl_port, keep_events=1_000_000)
+        wms3 = WmsProcess(wms_port, ctl_port, keep_events=1_000_000,
+                          log_path=work / "wms-latency.log")
         wms3.start()
-        cfg3 = SiteConfig(workdir=work / "latency", broker_port=port, wms_url=wms3.url,
+        cfg3 = GatewaySetup(workdir=work / "latency", broker_port=port, wms_url=wms3.url,
                           scanners=SCANNERS)
         gw3 = GatewayProcess(cfg3, name="gateway-latency")
         gw3.start()

@@ -39,7 +39,8 @@ from typing import Final
 
 import structlog
 
-from gateway.logs import LogThrottle
+from buffer.schema import top as _top
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -99,11 +100,6 @@ def wal_lost_frames(store_path: Path) -> int:
     if wal_bytes >= 32 + max_frame * (24 + page_size):
         return 0
     return int(max_frame - backfilled)
-
-
-def _top(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    return 0 if row is None else int(row[0])
 
 
 class HighWater:

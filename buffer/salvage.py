@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import structlog
 
-from gateway.events import SCHEMA
+from gateway.core.events import SCHEMA
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
-from buffer.store import AppendResult, Record, Row, SinkDeadLetter, Store, StoreDiskFull
+from buffer.store import AppendResult, Store, StoreDiskFull
+from gateway.core.records import Record, Row, SinkDeadLetter
 
 log = structlog.get_logger(__name__)
 

@@ -22,6 +22,7 @@ import functools
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,11 +30,21 @@ import structlog
 from buffer.lock import StoreLock, StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
-from drivers import build_drivers
-from drivers.base import Driver
-from gateway.config import GatewayConfig, HttpSinkConfig, MqttSinkConfig
+from gateway.alerts import RejectionWatch
+from gateway.build import build_drivers, build_sinks
+from gateway.config import GatewayConfig
+from gateway.core.protocols import Driver, Sink
+from gateway.core.records import DeadLetter
+from gateway.core.snapshot import (
+    CommitterSnapshot,
+    DeviceSnapshot,
+    ForwarderSnapshot,
+    GatewaySnapshot,
+    SinkSnapshot,
+    StoreSnapshot,
+    TaskSnapshot,
+)
 from gateway.forwarder import Forwarder
-from gateway.sinks import HttpSink, MqttSink, Sink
 from gateway.supervisor import Supervisor, describe
 
 log = structlog.get_logger(__name__)
@@ -43,6 +54,41 @@ STATS_REFRESH_S = 2.0
 
 class GatewayFailed(Exception):
     """The gateway ended on an error; it was logged as ``gateway_failed``."""
+
+
+class StartupError(Exception):
+    """The gateway cannot start; ``str()`` is one line naming the problem.
+
+    ``reason`` says which: ``store_dir`` (the store's folder or file cannot be
+    created, read or written) or ``status_port`` (the status address cannot be
+    bound). Nothing was started; the command line maps each to an exit code.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _check_store_dir(path: Path) -> None:
+    """Raise ``StartupError`` unless the store's folder and files are usable by this user."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StartupError("store_dir", f"store directory {folder} cannot be created "
+                           f"({err.strerror or err})") from None
+    if not folder.is_dir():
+        raise StartupError("store_dir", f"store directory {folder} is not a directory")
+    if path.is_dir():
+        raise StartupError("store_dir", f"store.path {path} is a directory; it must name "
+                           f"the database file (e.g. {path / 'buffer.db'})")
+    if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+        raise StartupError("store_dir", f"store directory {folder} is not readable and "
+                           f"writable by this user (uid {os.getuid()}); fix its owner or mode")
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if f.exists() and not os.access(f, os.R_OK | os.W_OK):
+            raise StartupError("store_dir", f"store file {f} is not readable and writable "
+                               f"by this user (uid {os.getuid()}); fix its owner or mode")
 
 
 class Gateway:
@@ -59,19 +105,14 @@ class Gateway:
             window_s=cfg.store.group_commit,
             max_units=cfg.store.group_commit_max,
         )
-        brokers = {b.id: b for b in cfg.brokers}
-        self.sinks: list[Sink] = []
-        for sc in cfg.sinks:
-            if isinstance(sc, HttpSinkConfig):
-                self.sinks.append(HttpSink(sc))
-            elif isinstance(sc, MqttSinkConfig):
-                self.sinks.append(MqttSink(sc, brokers[sc.broker], cfg.site.id))
+        self.sinks: list[Sink] = build_sinks(cfg)
         self.drivers: list[Driver] = build_drivers(cfg, self.committer)
         self.forwarders: list[Forwarder] = []
         self.store_stats: dict[str, Any] = {}
         self.ready = asyncio.Event()
         self.stopping = False
         self._stop = asyncio.Event()
+        self.rejections = RejectionWatch()
 
     def _open_store(self) -> Store:
         s = self.cfg.store
@@ -87,15 +128,22 @@ class Gateway:
     async def run(self, *, install_signals: bool = True) -> None:
         """Run until ``stop`` (or SIGTERM/SIGINT); then shut down in order.
 
-        Raises ``StoreLocked`` (before touching the store or any device) when
-        another gateway runs on this store, and ``GatewayFailed`` after
-        logging ``gateway_failed`` when anything escapes the supervisor.
+        Raises ``StartupError`` (one line for the operator, nothing started)
+        when the store's folder is unusable or the status port cannot be bound,
+        ``StoreLocked`` (before touching the store or any device) when another
+        gateway runs on this store, and ``GatewayFailed`` after logging
+        ``gateway_failed`` when anything escapes the supervisor.
         """
+        _check_store_dir(self.cfg.store.path)
         try:
             self.lock.acquire()
         except StoreLocked:
             raise
-        except Exception as err:  # e.g. the store's folder cannot be created
+        except OSError as err:
+            raise StartupError(
+                "store_dir", f"store directory {self.cfg.store.path.parent} is unusable: "
+                f"cannot create the lock file {self.lock.path} ({err.strerror or err})") from err
+        except Exception as err:
             raise _failed(err) from err
         try:
             await self._run(install_signals)
@@ -110,6 +158,10 @@ class Gateway:
         failed = False
         try:
             await self._run_tasks()
+        except StartupError as err:
+            failed = True
+            log.error("gateway_start_failed", reason=err.reason, error=str(err))
+            raise
         except Exception as err:
             failed = True
             raise _failed(err) from err
@@ -129,26 +181,43 @@ class Gateway:
                       salvaged_events=report.salvaged_events, reason=report.reason)
         cursors = await self.service.call(store.register_sinks, [s.id for s in self.sinks])
         self.forwarders = [Forwarder(s, self.service, cursors[s.id]) for s in self.sinks]
+        status = None
+        if self.cfg.status.enabled:
+            from gateway.status import StatusServer
+
+            status = StatusServer(self, self.cfg.status)
+            # Bound before any task starts: a port in use at start-up is fatal (one
+            # line); a failure of the running server later is supervised.
+            try:
+                await status.start()
+            except OSError as err:
+                c = self.cfg.status
+                raise StartupError(
+                    "status_port", f"status port {c.host}:{c.port} cannot be bound "
+                    f"({err.strerror or err}): another process listens there? set "
+                    "status.port to a free port or status.enabled = false") from err
         log.info("gateway_starting", site=self.cfg.site.id, store=str(self.cfg.store.path),
                  devices=len(self.cfg.devices), sinks=len(self.sinks), pid=os.getpid())
         sup = self.supervisor
-        async with asyncio.TaskGroup() as tg:
-            # The committer keeps its pending units across a restart (Committer.run).
-            commit_task = sup.start(tg, "committer", self.committer.run)
-            driver_tasks = [sup.start(tg, d.name, d.run) for d in self.drivers]
-            others = [sup.start(tg, f"sink-{s.id}", s.run) for s in self.sinks]
-            others += [
-                sup.start(tg, f"forwarder-{f.sink.id}", functools.partial(self._forward, f))
-                for f in self.forwarders
-            ]
-            others.append(sup.start(tg, "stats", self._refresh_stats))
-            if self.cfg.status.enabled:
-                from gateway.status import serve_status
-
-                others.append(sup.start(tg, "status", functools.partial(serve_status, self)))
-            others.append(sup.start(tg, "readiness", self._readiness))
-            await self._stop.wait()
-            await self._shutdown(driver_tasks, commit_task, others)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                # The committer keeps its pending units across a restart (Committer.run).
+                commit_task = sup.start(tg, "committer", self.committer.run)
+                driver_tasks = [sup.start(tg, d.name, d.run) for d in self.drivers]
+                others = [sup.start(tg, f"sink-{s.id}", s.run) for s in self.sinks]
+                others += [
+                    sup.start(tg, f"forwarder-{f.sink.id}", functools.partial(self._forward, f))
+                    for f in self.forwarders
+                ]
+                others.append(sup.start(tg, "stats", self._refresh_stats))
+                if status is not None:
+                    others.append(sup.start(tg, "status", status.serve))
+                others.append(sup.start(tg, "readiness", self._readiness))
+                await self._stop.wait()
+                await self._shutdown(driver_tasks, commit_task, others)
+        finally:
+            if status is not None:
+                await status.close()  # when the task never ran (a failure in between)
 
     async def _forward(self, forwarder: Forwarder) -> None:
         # Every (re)start resumes from the committed cursor: after a failure the
@@ -203,33 +272,38 @@ class Gateway:
                 self.service.space_freed.set()  # an operator freed or added rows
                 self.service.notify()
             self.store_stats = await self.service.call(store.stats)
+            self._observe_rejections()
             self.supervisor.flush_logs()
             await asyncio.sleep(STATS_REFRESH_S)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything the status page and metrics show."""
-        devices: dict[str, Any] = {}
+    def snapshot(self) -> GatewaySnapshot:
+        """Everything the status page and metrics show, as components publish it."""
+        devices: dict[str, DeviceSnapshot] = {}
         for d in self.drivers:
-            devices.update(d.snapshot())
-        store = self.store_stats
-        sinks = {}
-        for f in self.forwarders:
-            snap = f.sink.snapshot()
-            snap.update(f.snapshot())
-            snap["backlog_events"] = store.get("backlog", {}).get(f.sink.id)
-            sinks[f.sink.id] = snap
-        alerts = [f"sink {sid}: {s['alert']}" for sid, s in sinks.items() if s.get("alert")]
-        if self.committer.full:
-            if self.committer.stats.full_reason == "disk":
+            for dev_id, figures in d.snapshot().items():
+                devices[dev_id] = DeviceSnapshot.from_driver(
+                    dev_id, figures, self.rejections.rejecting_all(dev_id))
+        store = StoreSnapshot.from_stats(self.store_stats)
+        committer = CommitterSnapshot.from_dict(self.committer.snapshot())
+        sinks = {
+            f.sink.id: SinkSnapshot.build(f.sink.id, f.sink.snapshot(),
+                                          ForwarderSnapshot(**f.snapshot()),
+                                          store.backlog.get(f.sink.id))
+            for f in self.forwarders
+        }
+        alerts = [f"sink {sid}: {s.alert}" for sid, s in sinks.items() if s.alert]
+        if committer.full:
+            if committer.full_reason == "disk":
                 alerts.append("store full (disk): sources are being held back; free disk space")
             else:
                 alerts.append("store full: sources are being held back")
-        if store.get("dead_letter_bytes", 0) > store.get("dead_letter_max_bytes", 1 << 62):
+        if store.dead_letters_over_budget:
             alerts.append("dead letters over budget: replay or discard sink dead letters")
         for d in self.drivers:
             alerts.extend(d.alerts())
+        alerts.extend(self.rejections.alerts())
         alerts.extend(self.supervisor.alerts())
-        report = store.get("open_report", {})
+        report = store.open_report
         if report.get("corrupt"):
             alerts.append(
                 f"store file was corrupt and moved to {report.get('moved_to')}; "
@@ -243,20 +317,46 @@ class Gateway:
                 f" that were not yet delivered are lost; seq resumes at "
                 f"{report.get('resumes_at_seq')}"
             )
-        return {
-            "site": self.cfg.site.id,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "ready": self.ready.is_set(),
-            "alerts": alerts,
-            "devices": devices,
-            "sinks": sinks,
-            "store": store,
-            "committer": self.committer.snapshot(),
-            "tasks": self.supervisor.snapshot(),
-            "unrouted_messages": sum(getattr(d, "unrouted", 0) for d in self.drivers),
-            "rss_bytes": _rss_bytes(),
-        }
+        return GatewaySnapshot(
+            site=self.cfg.site.id,
+            pid=os.getpid(),
+            uptime_s=round(time.time() - self.started_at, 1),
+            ready=self.ready.is_set(),
+            alerts=tuple(alerts),
+            devices=devices,
+            sinks=sinks,
+            store=store,
+            committer=committer,
+            tasks={name: TaskSnapshot.from_dict(t)
+                   for name, t in self.supervisor.snapshot().items()},
+            unrouted_messages=sum(getattr(d, "unrouted", 0) for d in self.drivers),
+            rss_bytes=_rss_bytes(),
+        )
+
+    def _observe_rejections(self) -> None:
+        counts: dict[str, tuple[int, int]] = {}
+        for d in self.drivers:
+            for dev_id, figures in d.snapshot().items():
+                dev = DeviceSnapshot.from_driver(dev_id, figures)
+                counts[dev_id] = (dev.messages, dev.rejected)
+        self.rejections.observe(counts)
+
+    async def dead_letters(self, *, sink: str | None, kind: str | None, limit: int,
+                           after_id: int) -> list[DeadLetter]:
+        """Dead letters after ``after_id``, oldest first (for the status API)."""
+        store = self.service.store
+        return await self.service.call(store.dead_letters, sink=sink, kind=kind, limit=limit,
+                                       after_id=after_id)
+
+    async def replay_dead_letters(self, ids: list[int]) -> int:
+        """Re-queue sink dead letters and wake the forwarders; raises ``StoreError``."""
+        n = await self.service.call(self.service.store.replay, ids)
+        self.service.notify()
+        return n
+
+    async def discard_dead_letters(self, ids: list[int]) -> int:
+        """Delete dead letters for good."""
+        return await self.service.call(self.service.store.discard, ids)
 
 
 def _failed(err: Exception) -> GatewayFailed:

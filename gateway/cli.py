@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, MissingFilesError, load_config
+from gateway.exitcodes import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_MISSING_FILE,
+    EXIT_OK,
+    EXIT_STORE_LOCKED,
+    STARTUP_EXIT_CODES,
+)
 
 
 def _out(text: str) -> None:
@@ -20,43 +27,40 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def _load(path: str) -> GatewayConfig | None:
+def _load_or_exit_code(path: str) -> GatewayConfig | int:
+    """The config, or the exit code after its problems went to stderr."""
     try:
         return load_config(path)
+    except MissingFilesError as err:
+        # One line: the config is fine, a file it names is not there (yet).
+        _err(f"error: {err.path}: " + "; ".join(err.problems))
+        return EXIT_MISSING_FILE
     except ConfigError as err:
         _err(f"configuration invalid ({len(err.problems)} problem(s)):")
         for p in err.problems:
             _err(f"  {err.path}: {p}")
-        return None
+        return EXIT_CONFIG
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config file."""
-    cfg = _load(args.config)
-    if cfg is None:
-        return 2
+    """Validate a config file (and that the files it names are there)."""
+    cfg = _load_or_exit_code(args.config)
+    if isinstance(cfg, int):
+        return cfg
     _out(f"{args.config}: ok — site {cfg.site.id}, {len(cfg.brokers)} broker(s), "
          f"{len(cfg.devices)} device(s), {len(cfg.sinks)} sink(s), store {cfg.store.path}")
     return 0
 
 
-#: Exit codes of ``run``: 0 stopped on request, 1 failed (``gateway_failed`` in the
-#: log), 2 configuration invalid, 3 the store is in use by another gateway.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_STORE_LOCKED = 3
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon."""
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_CONFIG
+    cfg = _load_or_exit_code(args.config)
+    if isinstance(cfg, int):
+        return cfg
     import structlog
 
     from buffer.lock import StoreLocked
-    from gateway.app import GatewayFailed, run_gateway
+    from gateway.app import GatewayFailed, StartupError, run_gateway
     from gateway.logs import configure_logging
     from gateway.supervisor import describe
 
@@ -66,6 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreLocked as err:
         _err(f"error: {err}")
         return EXIT_STORE_LOCKED
+    except StartupError as err:
+        _err(f"error: {err}")
+        return STARTUP_EXIT_CODES.get(err.reason, EXIT_FAILED)
     except GatewayFailed:
         return EXIT_FAILED  # already logged as gateway_failed, with the traceback
     except Exception as err:
@@ -90,9 +97,9 @@ def _open_store(args: argparse.Namespace) -> Any:
     if args.db:
         _require_file(Path(args.db))
         return Store(args.db, recover=False, min_free_bytes=0, reserve_bytes=0)
-    cfg = _load(args.config) if args.config else None
-    if cfg is None:
-        raise SystemExit(2)
+    cfg = _load_or_exit_code(args.config) if args.config else EXIT_CONFIG
+    if isinstance(cfg, int):
+        raise SystemExit(cfg)
     _require_file(cfg.store.path)
     return Store(cfg.store.path, max_bytes=cfg.store.max_bytes,
                  dead_letter_max_bytes=cfg.store.dead_letter_max_bytes, recover=False,
@@ -118,6 +125,8 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List dead letters."""
+    from gateway.core.records import dead_letter_json
+
     store = _open_store(args)
     try:
         items = store.dead_letters(sink=args.sink, kind=args.kind, limit=args.limit,
@@ -126,12 +135,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         store.close()
     for d in items:
         if args.json:
-            _out(json.dumps({
-                "id": d.id, "kind": d.kind, "sink": d.sink, "device": d.device,
-                "event_id": d.event_id, "type": d.type, "reason": d.reason,
-                "created": d.created, "context": d.context,
-                "body_b64": base64.b64encode(d.body).decode(),
-            }))
+            _out(dead_letter_json(d, bodies=True))
         else:
             what = d.event_id or d.body[:60].decode("utf-8", "replace")
             _out(f"{d.id}\t{d.kind}\t{d.sink or d.device}\t{what}\t{d.reason}")

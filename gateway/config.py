@@ -12,24 +12,32 @@ import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from drivers.modbus.config import ModbusDevice
+from drivers.mqtt.config import MqttDevice, ScannerFields
 from drivers.opcua.config import OpcuaDevice
 from drivers.vda5050.config import Vda5050Device
-from gateway.config_base import (
+from gateway.core.config import (
     ByteSize,
     Duration,
     Identifier,
     Model,
     PositiveDuration,
+    SinkModel,
     no_inline_secrets,
     parse_bytes,
     parse_duration,
+    read_secret,
 )
-from gateway.events import EVENT_TYPES
+from gateway.core.events import EVENT_TYPES
+from gateway.transport.config import BrokerConfig
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Sink as SinkProtocol
+    from gateway.core.protocols import SinkContext
 
 __all__ = [
     "BrokerConfig", "ByteSize", "ConfigError", "Device", "Duration", "GatewayConfig",
@@ -77,66 +85,6 @@ class StoreConfig(Model):
     reserve_bytes: ByteSizeOrZero = 8 * 1024**2
 
 
-class BrokerConfig(Model):
-    """An MQTT broker the gateway connects to (sources and sinks share it)."""
-
-    id: Identifier
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    session_expiry: Duration = 86400.0
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
-    tls: bool = False
-    ca_file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secrets(cls, data: Any) -> Any:
-        return no_inline_secrets(data, ("password",))
-
-    @model_validator(mode="after")
-    def _password_needs_user(self) -> BrokerConfig:
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file is set but username is not; set both or neither")
-        return self
-
-
-class ScannerFields(Model):
-    """Where a scanner's JSON payload keeps each field (dotted paths allowed)."""
-
-    code: str = "code"
-    read_id: str | None = "read_id"
-    timestamp: str | None = "timestamp"
-    symbology: str | None = "symbology"
-
-
-class MqttDevice(Model):
-    """A device read over MQTT (today: barcode scanners publishing JSON reads)."""
-
-    id: Identifier
-    driver: Literal["mqtt"]
-    role: Literal["scanner"] = "scanner"
-    broker: Identifier
-    topic: str
-    fields: ScannerFields = ScannerFields()
-    debounce: Duration = 0.5
-    max_payload_bytes: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 65536
-    no_read_codes: list[str] = ["NOREAD", ""]
-    location: str | None = None
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, v: str) -> str:
-        if not v or "#" in v[:-1] or any(
-            ("+" in part or "#" in part) and len(part) > 1 for part in v.split("/")
-        ):
-            raise ValueError(f"not a valid MQTT topic filter: {v!r}")
-        return v
-
-
 #: The device plugin registry: ``driver`` picks the model (and the driver).
 Device = Annotated[
     MqttDevice | ModbusDevice | OpcuaDevice | Vda5050Device, Field(discriminator="driver")
@@ -145,7 +93,7 @@ DEVICE_TAGS = ("mqtt", "modbus", "opcua", "vda5050")
 SINK_TAGS = ("http", "mqtt")
 
 
-class _SinkBase(Model):
+class _SinkBase(SinkModel):
     id: Identifier
     routes: list[str] | None = None
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1000
@@ -185,6 +133,12 @@ class HttpSinkConfig(_SinkBase):
     def _secrets(cls, data: Any) -> Any:
         return no_inline_secrets(data, ("token",))
 
+    def build(self, ctx: SinkContext) -> SinkProtocol:
+        """An ``HttpSink`` (imports aiohttp)."""
+        from gateway.sinks.http import HttpSink
+
+        return HttpSink(self)
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
@@ -207,8 +161,16 @@ class MqttSinkConfig(_SinkBase):
     window: Annotated[int, Field(ge=1, le=65535)] = 100
     retain: bool = False
 
+    def build(self, ctx: SinkContext) -> SinkProtocol:
+        """An ``MqttSink`` on its broker (imports paho)."""
+        from gateway.sinks.mqtt import MqttSink
 
-Sink = Annotated[HttpSinkConfig | MqttSinkConfig, Field(discriminator="type")]
+        return MqttSink(self, ctx.brokers[self.broker], ctx.site)
+
+
+#: One ``[[sinks]]`` table (not to be confused with ``gateway.core.protocols.Sink``,
+#: the running sink built from it).
+SinkConfig = Annotated[HttpSinkConfig | MqttSinkConfig, Field(discriminator="type")]
 
 
 class StatusConfig(Model):
@@ -234,7 +196,7 @@ class GatewayConfig(Model):
     store: StoreConfig
     brokers: list[BrokerConfig] = []
     devices: list[Device] = []
-    sinks: list[Sink] = []
+    sinks: list[SinkConfig] = []
     status: StatusConfig = StatusConfig()
     log: LogConfig = LogConfig()
     shutdown_timeout: Duration = 10.0
@@ -276,6 +238,25 @@ class ConfigError(Exception):
         self.path = str(path)
         self.problems = problems
         super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+class MissingFilesError(ConfigError):
+    """The config is valid but names certificate or CA files that are not there.
+
+    Raised only when these are the config's sole problems (otherwise they are
+    listed with the others in a plain ``ConfigError``).
+    """
+
+
+def _file_problem(path: Path, where: str) -> str | None:
+    """Why a certificate/key/CA file named in the config cannot be used, or ``None``."""
+    if not path.exists():
+        return f"{where}: file {str(path)!r} does not exist"
+    if not path.is_file():
+        return f"{where}: {str(path)!r} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{where}: file {str(path)!r} cannot be read by this user (uid {os.getuid()})"
+    return None
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -334,17 +315,6 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def read_secret(path: Path, what: str) -> str:
-    """Read a secret from a file (a systemd credential or a 0600 file)."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ValueError(f"cannot read {what} file {str(path)!r}: {err.strerror}") from None
-    if not text:
-        raise ValueError(f"{what} file {str(path)!r} is empty")
-    return text
-
-
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read, validate and resolve a config file; raise ``ConfigError`` on any problem."""
     file = Path(path)
@@ -369,6 +339,14 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         raise ConfigError(file, _format(err)) from None
     base = file.parent.resolve()
     problems: list[str] = []
+    missing: list[str] = []
+
+    def existing(path: Path | None, where: str) -> Path | None:
+        resolved = _resolve(base, path)
+        problem = None if resolved is None else _file_problem(resolved, where)
+        if problem is not None:
+            missing.append(problem)
+        return resolved
 
     def secret(path: Path | None, where: str, what: str) -> Path | None:
         resolved = _resolve(base, path)
@@ -389,15 +367,17 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         broker.model_copy(update={
             "password_file": secret(broker.password_file, f"brokers[{i}].password_file",
                                     "password"),
-            "ca_file": _resolve(base, broker.ca_file),
+            "ca_file": existing(broker.ca_file, f"brokers[{i}].ca_file"),
         })
         for i, broker in enumerate(cfg.brokers)
     ]
-    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, problems)
+    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, existing)
                for i, dev in enumerate(cfg.devices)]
     status_token = secret(cfg.status.token_file, "status.token_file", "status token")
     if problems:
-        raise ConfigError(file, problems)
+        raise ConfigError(file, problems + missing)
+    if missing:
+        raise MissingFilesError(file, missing)
     store_path = _resolve(base, cfg.store.path)
     return cfg.model_copy(
         update={
@@ -416,7 +396,8 @@ _SECRET_FILES = {"password_file": "password", "token_file": "token"}
 
 def _resolve_device_files(
     dev: Any, where: str, base: Path,
-    secret: Callable[[Path | None, str, str], Path | None], problems: list[str],
+    secret: Callable[[Path | None, str, str], Path | None],
+    existing: Callable[[Path | None, str], Path | None],
 ) -> Any:
     """Resolve every ``*_file`` path of a device against the config's folder.
 
@@ -431,8 +412,5 @@ def _resolve_device_files(
         if name in _SECRET_FILES:
             updates[name] = secret(value, f"{where}.{name}", _SECRET_FILES[name])
             continue
-        resolved = _resolve(base, value)
-        updates[name] = resolved
-        if resolved is not None and not resolved.is_file():
-            problems.append(f"{where}.{name}: file {str(resolved)!r} does not exist")
+        updates[name] = existing(value, f"{where}.{name}")
     return dev.model_copy(update=updates) if updates else dev

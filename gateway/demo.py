@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tomllib
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -35,124 +31,60 @@ from gateway.logs import configure_logging
 log = structlog.get_logger(__name__)
 
 
-SORTER_DEVICE = """
-[[devices]]
-id = "sorter-1"
-driver = "opcua"
-role = "sorter"
-endpoint = "opc.tcp://127.0.0.1:{port}/"
-induct = "INDUCT-1"
-location = "INDUCT-1"
-
-[[devices.events]]
-kind = "divert_confirm"
-source = "ns=2;s=Sorter"
-type = "ns=2;s=DivertConfirmEventType"
-
-[[devices.events]]
-kind = "scan"
-source = "nsu=urn:warehouse-gateway:sorter-sim:model;s=InductReader"
-type = "nsu=urn:warehouse-gateway:sorter-sim:model;s=AutoIdScanEventType"
-
-[[devices.nodes]]
-node = "ns=2;s=Sorter.State"
-point = "state"
-kind = "status"
-
-[[devices.nodes]]
-node = "ns=2;s=Sorter.Counters.Total"
-point = "counter.total"
-"""
-
-AMR_DEVICE = """
-[[devices]]
-id = "amr-fleet"
-driver = "vda5050"
-broker = "site"
-manufacturer = "SimRobotics"
-"""
+_SORTER_MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
 
 
-def demo_config_text(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
-                     scanners: int, conveyor_ports: list[int] | None = None,
-                     sorter_port: int | None = None, amrs: bool = False) -> str:
-    """The demo's config file, with the simulated devices appended."""
-    template = resources.files("gateway").joinpath("demo.toml").read_text("utf-8")
-    text = (template.replace("{store_path}", str(store_path))
-            .replace("{broker_port}", str(broker_port))
-            .replace("{wms_url}", wms_url)
-            .replace("{status_port}", str(status_port)))
-    for i in range(1, scanners + 1):
-        text += (
-            f'\n[[devices]]\nid = "scan-{i:02d}"\ndriver = "mqtt"\nrole = "scanner"\n'
-            f'broker = "site"\ntopic = "site/DC-EAST-1/scanners/scan-{i:02d}/reads"\n'
-            f'location = "INDUCT-{i}"\n'
-        )
-    if conveyor_ports:
-        from simulators.conveyor_plc import gateway_device_toml
+def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
+                scanners: int, conveyor_ports: list[int] | None = None,
+                sorter_port: int | None = None, amrs: bool = False) -> dict[str, Any]:
+    """The demo's gateway config as data: a site with the simulated devices given."""
+    from simulators.conveyor_plc import gateway_device
 
-        for i, port in enumerate(conveyor_ports, start=1):
-            text += "\n" + gateway_device_toml(f"conveyor-{i:02d}", port, poll_interval="200ms")
+    devices: list[dict[str, Any]] = [
+        {"id": f"scan-{i:02d}", "driver": "mqtt", "role": "scanner", "broker": "site",
+         "topic": f"site/DC-EAST-1/scanners/scan-{i:02d}/reads", "location": f"INDUCT-{i}"}
+        for i in range(1, scanners + 1)
+    ]
+    devices += [gateway_device(f"conveyor-{i:02d}", port, poll_interval="200ms")
+                for i, port in enumerate(conveyor_ports or [], start=1)]
     if sorter_port is not None:
-        text += SORTER_DEVICE.replace("{port}", str(sorter_port))
+        devices.append({
+            "id": "sorter-1", "driver": "opcua", "role": "sorter",
+            "endpoint": f"opc.tcp://127.0.0.1:{sorter_port}/", "induct": "INDUCT-1",
+            "location": "INDUCT-1",
+            "events": [
+                {"kind": "divert_confirm", "source": "ns=2;s=Sorter",
+                 "type": "ns=2;s=DivertConfirmEventType"},
+                {"kind": "scan", "source": f"{_SORTER_MODEL};s=InductReader",
+                 "type": f"{_SORTER_MODEL};s=AutoIdScanEventType"},
+            ],
+            "nodes": [
+                {"node": "ns=2;s=Sorter.State", "point": "state", "kind": "status"},
+                {"node": "ns=2;s=Sorter.Counters.Total", "point": "counter.total"},
+            ],
+        })
     if amrs:
-        text += AMR_DEVICE
-    return text
+        devices.append({"id": "amr-fleet", "driver": "vda5050", "broker": "site",
+                        "manufacturer": "SimRobotics"})
+    return {
+        "site": {"id": "DC-EAST-1"},
+        "store": {"path": store_path, "max_bytes": "256 MiB"},
+        "brokers": [{"id": "site", "host": "127.0.0.1", "port": broker_port}],
+        "devices": devices,
+        "sinks": [
+            {"id": "wms", "type": "http", "url": wms_url,
+             "routes": ["scan", "pick", "pack", "move", "exception"]},
+            {"id": "mqtt-out", "type": "mqtt", "broker": "site", "prefix": "wh"},
+        ],
+        "status": {"host": "127.0.0.1", "port": status_port},
+    }
 
 
-class ChildSimulator:
-    """``python -m simulators <name>`` as a child process with its own log file."""
+def demo_config_text(**kw: Any) -> str:
+    """The demo's config file (:func:`demo_config` rendered as TOML)."""
+    from simulators.harness.toml import render_toml
 
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        with open(log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "simulators", name, *args],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-
-    def wait_for_line(self, event: str, timeout: float = 30.0) -> dict[str, object]:
-        """The first JSON log line whose ``event`` is ``event``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} simulator exited with {self.proc.returncode}; "
-                                   f"see {self.log_path}")
-            with contextlib.suppress(OSError):
-                for line in self.log_path.read_text("utf-8", errors="replace").splitlines():
-                    with contextlib.suppress(ValueError):
-                        doc = json.loads(line)
-                        if isinstance(doc, dict) and doc.get("event") == event:
-                            return doc
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} simulator did not log {event!r}; see {self.log_path}")
-
-    def wait_listening(self, port: int, timeout: float = 30.0) -> None:
-        """Wait until ``port`` on loopback accepts connections."""
-        import socket
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} simulator exited with {self.proc.returncode}; "
-                                   f"see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} simulator not listening on {port}; see {self.log_path}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    return render_toml(demo_config(**kw))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -160,12 +92,19 @@ def run_demo(args: argparse.Namespace) -> int:
     configure_logging("info", "auto")
     if args.data_dir is not None:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        import uvloop
+    from gateway.app import StartupError
+    from gateway.exitcodes import EXIT_FAILED, STARTUP_EXIT_CODES
 
-        uvloop.run(_demo(args))
-    except ImportError:
-        asyncio.run(_demo(args))
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(_demo(args))
+        except ImportError:
+            asyncio.run(_demo(args))
+    except StartupError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return STARTUP_EXIT_CODES.get(err.reason, EXIT_FAILED)
     return 0
 
 
@@ -176,6 +115,7 @@ def _say(text: str) -> None:
 
 async def _demo(args: argparse.Namespace) -> None:
     from simulators.broker import MosquittoBroker, free_port
+    from simulators.harness.process import ChildProcess, simulator
     from simulators.scanners import ScannerFleet
     from simulators.wms import WmsSimulator
 
@@ -190,34 +130,39 @@ async def _demo(args: argparse.Namespace) -> None:
     await asyncio.to_thread(broker.start)
     wms = WmsSimulator(port=args.wms_port)
     await wms.start()
-    children: list[ChildSimulator] = []
+    children: list[ChildProcess] = []
     conveyor_ports: list[int] = []
     sorter_port: int | None = None
     try:
         if args.conveyors:
-            conv = ChildSimulator("conveyor", [
+            conv = simulator("conveyor", [
                 "--port", "0", "--control-port", "0", "--count", str(args.conveyors),
                 "--tote-rate", "1", "--jam-rate", "0.01", "--jam-clear", "8",
             ], data / "conveyor.log")
             children.append(conv)
-            line = await asyncio.to_thread(conv.wait_for_line, "conveyor_simulator_listening")
+            conv.start()
+            line = await asyncio.to_thread(conv.wait_for_log_event,
+                                           "conveyor_simulator_listening")
             ports = line["ports"]
             conveyor_ports = [int(p) for p in ports] if isinstance(ports, list) else []
         if args.sorter:
             sorter_port = free_port()
-            sorter = ChildSimulator("sorter", [
+            sorter = simulator("sorter", [
                 "--port", str(sorter_port), "--rate", "2", "--state", str(data / "sorter"),
             ], data / "sorter.log")
             children.append(sorter)
+            sorter.start()
             await asyncio.to_thread(sorter.wait_listening, sorter_port)
         if args.amrs:
-            children.append(ChildSimulator("amr", [
+            amr = simulator("amr", [
                 "--port", str(broker.port), "--count", str(args.amrs), "--standalone",
                 "--state-interval", "5", "--fail-rate", "0.03",
-            ], data / "amr.log"))
+            ], data / "amr.log")
+            children.append(amr)
+            amr.start()
     except BaseException:
         for child in children:
-            child.stop()
+            child.stop(5)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         raise
@@ -234,8 +179,14 @@ async def _demo(args: argparse.Namespace) -> None:
     fleet_stop = threading.Event()
     fleet_task: asyncio.Task[int] | None = None
     try:
-        async with asyncio.timeout(15):
-            await gateway.ready.wait()
+        ready = asyncio.create_task(gateway.ready.wait())
+        # The gateway may fail to start (e.g. the status port is in use): say so at once.
+        await asyncio.wait([ready, gw_task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if gw_task.done():
+            gw_task.result()  # raises what stopped it (a StartupError: one line)
+        if not gateway.ready.is_set():
+            raise TimeoutError("the demo gateway did not become ready within 15 s")
         await asyncio.to_thread(fleet.connect)
         fleet_task = asyncio.create_task(
             asyncio.to_thread(fleet.run, None, args.rate, fleet_stop), name="scanners"
@@ -276,7 +227,7 @@ async def _demo(args: argparse.Namespace) -> None:
         _say(f"demo stopped: WMS accepted {stats['unique']} unique events "
              f"({stats['duplicates']} duplicates) from {fleet.published} scanner messages")
         for child in children:
-            await asyncio.to_thread(child.stop)
+            await asyncio.to_thread(child.stop, 5)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         if own_dir:

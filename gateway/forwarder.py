@@ -19,8 +19,8 @@ from typing import Any
 import structlog
 
 from buffer.service import StoreService
-from buffer.store import Row
-from gateway.sinks.base import Sink
+from gateway.core.protocols import Sink
+from gateway.core.records import Row
 
 log = structlog.get_logger(__name__)
 

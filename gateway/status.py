@@ -6,30 +6,62 @@
 ``Authorization: Bearer <status token>`` (``status.token_file``). When the
 server listens beyond loopback (``status.host`` not a loopback address),
 dead letter bodies need that token too.
+
+The server knows the gateway only through ``StatusSource``: a typed
+``GatewaySnapshot`` (gateway/core/snapshot.py; ``/metrics`` is rendered from
+it by gateway/metrics.py), readiness, and the few store calls the dead letter
+endpoints need.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import ipaddress
-import json
 import re
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 
-from gateway.config import read_secret
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.config import StatusConfig
+from gateway.core.config import read_secret
+from gateway.core.records import DeadLetter, dead_letter_json
+from gateway.core.snapshot import GatewaySnapshot
+from gateway.metrics import render_metrics
 
 log = structlog.get_logger(__name__)
 
-GATEWAY_KEY = web.AppKey("gateway", object)
+
+class StatusSource(Protocol):
+    """What the status server needs from the gateway process."""
+
+    #: Set while the gateway is ready (``/readyz``).
+    ready: asyncio.Event
+    #: True once shutdown began.
+    stopping: bool
+
+    def snapshot(self) -> GatewaySnapshot:
+        """Everything the status page and metrics show."""
+        ...
+
+    async def dead_letters(self, *, sink: str | None, kind: str | None, limit: int,
+                           after_id: int) -> list[DeadLetter]:
+        """Dead letters after ``after_id``, oldest first."""
+        ...
+
+    async def replay_dead_letters(self, ids: list[int]) -> int:
+        """Re-queue sink dead letters; raises ``StoreError`` naming a bad id."""
+        ...
+
+    async def discard_dead_letters(self, ids: list[int]) -> int:
+        """Delete dead letters for good."""
+        ...
+
+
+SOURCE_KEY = web.AppKey("source", StatusSource)
+CONFIG_KEY = web.AppKey("config", StatusConfig)
 
 #: Dead letters per page: default and most a client may ask for.
 PAGE_LIMIT_DEFAULT = 100
@@ -47,8 +79,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 _DEAD_LETTER_PARAMS = ("after", "limit", "kind", "sink", "bodies")
 
 
-def _gw(request: web.Request) -> Gateway:
-    return request.app[GATEWAY_KEY]  # type: ignore[return-value]
+def _source(request: web.Request) -> StatusSource:
+    return request.app[SOURCE_KEY]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -58,100 +90,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: store open and every source connection up."""
-    gw = _gw(request)
-    if gw.ready.is_set():
+    src = _source(request)
+    if src.ready.is_set():
         return web.json_response({"ready": True})
-    return web.json_response({"ready": False, "stopping": gw.stopping}, status=503)
+    return web.json_response({"ready": False, "stopping": src.stopping}, status=503)
 
 
 async def api_status(request: web.Request) -> web.Response:
     """The whole snapshot as JSON."""
-    return web.json_response(_gw(request).snapshot())
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render_metrics(snap: dict[str, Any]) -> str:
-    """Prometheus text exposition of a snapshot."""
-    out: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            out.append(f"{name}{labels} {value}")
-
-    store = snap.get("store", {})
-    counters = store.get("counters", {})
-    com = snap["committer"]
-    metric("wh_ready", "gauge", "1 when the gateway is ready", [("", int(snap["ready"]))])
-    metric("wh_store_used_bytes", "gauge", "Bytes of events in the store (against max_bytes)",
-           [("", store.get("used_bytes", 0))])
-    metric("wh_store_dead_letter_bytes", "gauge", "Bytes of dead letters (own budget)",
-           [("", store.get("dead_letter_bytes", 0))])
-    metric("wh_store_disk_room_bytes", "gauge",
-           "Free disk space plus the store file's free pages",
-           [("", store.get("disk_room_bytes", 0))])
-    metric("wh_store_disk_low", "gauge", "1 while disk room is below store.min_free_bytes",
-           [("", int(bool(store.get("disk_low", False))))])
-    metric("wh_store_max_bytes", "gauge", "Store capacity", [("", store.get("max_bytes", 0))])
-    metric("wh_store_file_bytes", "gauge", "Size of the database file and its WAL",
-           [("", store.get("file_bytes", 0))])
-    metric("wh_store_events", "gauge", "Events held in the store", [("", store.get("events", 0))])
-    metric("wh_store_full", "gauge", "1 while the store refuses business events",
-           [("", int(com["full"]))])
-    metric("wh_events_committed_total", "counter", "Events committed since start",
-           [("", com["events"])])
-    metric("wh_commits_total", "counter", "Store transactions (group commits)",
-           [("", com["commits"])])
-    metric("wh_duplicate_events_total", "counter", "Events already in the store (redeliveries)",
-           [("", counters.get("duplicate_events", 0))])
-    metric("wh_telemetry_evicted_total", "counter", "Telemetry events evicted or dropped",
-           [("", counters.get("evicted_telemetry", 0) + counters.get("dropped_telemetry", 0))])
-    dls = store.get("dead_letters", {})
-    metric("wh_dead_letters", "gauge", "Dead letters held, by kind",
-           [(f'{{kind="{k}"}}', v) for k, v in dls.items()])
-    sinks = snap["sinks"]
-    metric("wh_sink_backlog_events", "gauge", "Events not yet delivered to a sink",
-           [(f'{{sink="{_label(s)}"}}', v["backlog_events"] or 0) for s, v in sinks.items()])
-    metric("wh_sink_delivered_total", "counter", "Events delivered by a sink",
-           [(f'{{sink="{_label(s)}"}}', v["events_delivered"]) for s, v in sinks.items()])
-    metric("wh_sink_dead_letters_total", "counter", "Events a sink's upstream rejected",
-           [(f'{{sink="{_label(s)}"}}', v["dead_letters"]) for s, v in sinks.items()])
-    metric("wh_sink_paused", "gauge",
-           "1 while a sink is paused (credentials refused, or replies it cannot interpret)",
-           [(f'{{sink="{_label(s)}"}}', int(str(v.get("state", "")).startswith("paused")))
-            for s, v in sinks.items()])
-    devices = snap["devices"]
-    metric("wh_device_connected", "gauge", "1 while the device's connection is up",
-           [(f'{{device="{_label(d)}"}}', int(bool(v.get("connected"))))
-            for d, v in devices.items()])
-    metric("wh_device_messages_total", "counter", "Messages received from a device",
-           [(f'{{device="{_label(d)}"}}', _count(v.get("messages", 0)))
-            for d, v in devices.items()])
-    metric("wh_ingest_errors_total", "counter", "Source messages that could not become signals",
-           [(f'{{device="{_label(d)}",kind="{_label(k)}"}}', n)
-            for d, v in devices.items() for k, n in v.get("ingest_errors", {}).items()])
-    tasks = snap.get("tasks", {})
-    metric("wh_task_restarts_total", "counter",
-           "Times a gateway task failed unexpectedly and was restarted",
-           [(f'{{task="{_label(t)}"}}', v.get("restarts", 0)) for t, v in tasks.items()])
-    # One series per MQTT connection: devices sharing a connection repeat its count.
-    takeovers = {v["client_id"]: v["session_takeovers"]
-                 for v in [*devices.values(), *sinks.values()] if "session_takeovers" in v}
-    metric("wh_mqtt_session_takeovers_total", "counter",
-           "MQTT connections lost to another client using the same client id",
-           [(f'{{client_id="{_label(c)}"}}', n) for c, n in takeovers.items()])
-    metric("wh_process_rss_bytes", "gauge", "Resident memory of the gateway",
-           [("", snap["rss_bytes"])])
-    return "\n".join(out) + "\n"
+    return web.json_response(_source(request).snapshot().to_json())
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics."""
-    return web.Response(text=render_metrics(_gw(request).snapshot()),
+    return web.Response(text=render_metrics(_source(request).snapshot()),
                         content_type="text/plain", charset="utf-8")
 
 
@@ -196,13 +148,6 @@ def _bool_param(q: Any, name: str, default: bool) -> bool:
     return value[raw.lower()]
 
 
-def _json_default(value: object) -> str:
-    # Contexts are msgpack maps; a peer's bytes in one must not break the listing.
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    return repr(value)
-
-
 async def dead_letters(request: web.Request) -> web.StreamResponse:
     """List dead letters, oldest first, one bounded page per request.
 
@@ -213,7 +158,7 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
     page, ``null`` on the last. The page is streamed as it is read from the
     store, a few items at a time, so memory does not grow with its size.
     """
-    gw = _gw(request)
+    src, cfg = _source(request), request.app[CONFIG_KEY]
     q = request.query
     unknown = sorted(set(q) - set(_DEAD_LETTER_PARAMS))
     if unknown:
@@ -226,9 +171,8 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=f"kind must be 'sink' or 'ingest', got {kind[:40]!r}")
     sink = q.get("sink")
     bodies = _bool_param(q, "bodies", True)
-    if bodies and not is_loopback_host(gw.cfg.status.host):
+    if bodies and not is_loopback_host(cfg.host):
         _authorize(request, action="dead letter bodies")
-    store = gw.service.store
 
     resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
     resp.content_type = "application/json"
@@ -240,19 +184,12 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
     while not (more or exhausted):
         # One item past the limit tells whether another page follows.
         want = min(chunk, limit - written + 1)
-        items = await gw.service.call(store.dead_letters, sink=sink, kind=kind,
-                                      limit=want, after_id=cursor)
+        items = await src.dead_letters(sink=sink, kind=kind, limit=want, after_id=cursor)
         exhausted = len(items) < want
         biggest = max((len(d.body) for d in items), default=0)
         chunk = max(1, min(READ_CHUNK_MAX, READ_CHUNK_BYTES // max(1, biggest)))
         for d in items:
-            doc: dict[str, Any] = {
-                "id": d.id, "kind": d.kind, "sink": d.sink, "device": d.device,
-                "event_id": d.event_id, "type": d.type, "reason": d.reason,
-                "created": d.created, "context": d.context, "body_bytes": len(d.body)}
-            if bodies:
-                doc["body_b64"] = base64.b64encode(d.body).decode()
-            data = json.dumps(doc, default=_json_default).encode()
+            data = dead_letter_json(d, bodies=bodies).encode()
             if written >= limit or (written and page_bytes + len(data) > PAGE_MAX_BYTES):
                 more = True
                 break
@@ -267,14 +204,14 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
 
 
 def _authorize(request: web.Request, action: str = "state-changing actions") -> None:
-    gw = _gw(request)
-    path = gw.cfg.status.token_file
+    cfg = request.app[CONFIG_KEY]
+    path = cfg.token_file
     if path is None:
         if action == "state-changing actions":
             text = "state-changing actions are disabled: set status.token_file in the config"
         else:
             text = (f"{action} are refused: the status server listens beyond loopback "
-                    f"(status.host = {gw.cfg.status.host!r}) and no status.token_file is set; "
+                    f"(status.host = {cfg.host!r}) and no status.token_file is set; "
                     "set one and send Authorization: Bearer <token>, or ask with ?bodies=0")
         raise web.HTTPForbidden(text=text)
     try:
@@ -307,15 +244,13 @@ async def _ids(request: web.Request) -> list[int]:
 async def replay(request: web.Request) -> web.Response:
     """Re-queue sink dead letters for the sink that rejected them."""
     _authorize(request)
-    gw = _gw(request)
     ids = await _ids(request)
     from buffer.store import StoreError
 
     try:
-        n = await gw.service.call(gw.service.store.replay, ids)
+        n = await _source(request).replay_dead_letters(ids)
     except StoreError as err:
         raise web.HTTPBadRequest(text=str(err)) from None
-    gw.service.notify()
     log.info("dead_letters_replayed", ids=ids, count=n)
     return web.json_response({"replayed": n})
 
@@ -323,9 +258,8 @@ async def replay(request: web.Request) -> web.Response:
 async def discard(request: web.Request) -> web.Response:
     """Delete dead letters for good."""
     _authorize(request)
-    gw = _gw(request)
     ids = await _ids(request)
-    n = await gw.service.call(gw.service.store.discard, ids)
+    n = await _source(request).discard_dead_letters(ids)
     log.info("dead_letters_discarded", ids=ids, count=n)
     return web.json_response({"discarded": n})
 
@@ -336,10 +270,11 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
-def make_app(gw: Gateway) -> web.Application:
+def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     """The aiohttp application."""
     app = web.Application()
-    app[GATEWAY_KEY] = gw
+    app[SOURCE_KEY] = source
+    app[CONFIG_KEY] = cfg
     app.router.add_get("/", page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -351,24 +286,50 @@ def make_app(gw: Gateway) -> web.Application:
     return app
 
 
-async def serve_status(gw: Gateway) -> None:
+class StatusServer:
+    """The status server: bound once at start-up, then served by a supervised task.
+
+    ``start`` binds the listening socket and raises ``OSError`` (a port in use)
+    for the caller to report; the gateway calls it before starting any task, so
+    a start-up failure is one line, not a retried task. ``serve`` serves until
+    cancelled; a later restart (after a failure) binds again and is supervised.
+    """
+
+    def __init__(self, source: StatusSource, cfg: StatusConfig) -> None:
+        self.source = source
+        self.cfg = cfg
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind and listen; raise ``OSError`` when the address cannot be bound."""
+        runner = web.AppRunner(make_app(self.source, self.cfg), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.cfg.host, self.cfg.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("status_listening", url=f"http://{self.cfg.host}:{self.cfg.port}/")
+
+    async def serve(self) -> None:
+        """Serve until cancelled (binding first unless ``start`` did)."""
+        if self._runner is None:
+            await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                await runner.cleanup()
+
+    async def close(self) -> None:
+        """Release the socket of a server that was started but never served."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def serve_status(source: StatusSource, cfg: StatusConfig) -> None:
     """Serve until cancelled."""
-    cfg = gw.cfg.status
-    runner = web.AppRunner(make_app(gw), access_log=None)
-    await runner.setup()
-    try:
-        # Inside the try: a failed bind (port in use) is retried by the
-        # supervisor, and each attempt must release its runner.
-        site = web.TCPSite(runner, cfg.host, cfg.port)
-        await site.start()
-        log.info("status_listening", url=f"http://{cfg.host}:{cfg.port}/")
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
-def _count(value: object) -> int:
-    """A message count: a number, or the sum of a per-topic table of numbers."""
-    if isinstance(value, dict):
-        return sum(n for n in value.values() if isinstance(n, int))
-    return value if isinstance(value, int) else 0
+    await StatusServer(source, cfg).serve()

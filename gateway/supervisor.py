@@ -24,8 +24,8 @@ from typing import Any
 
 import structlog
 
-from gateway.logs import LogThrottle
-from gateway.sinks.base import Backoff
+from gateway.core.backoff import Backoff
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 

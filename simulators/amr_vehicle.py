@@ -36,10 +36,10 @@ from typing import Any, cast
 import paho.mqtt.client as paho
 from pydantic import ValidationError
 
-from drivers.vda5050.messages import VERSION, Action, InstantActions, Node, Order
 from gateway.config import BrokerConfig
-from gateway.events import format_time
-from gateway.mqtt_link import MqttLink
+from gateway.core.events import format_time
+from gateway.transport.link import MqttLink
+from simulators.vda5050_spec import VERSION, Action, InstantActions, Node, Order
 
 MAP_ID = "hall-1"
 #: The stations of the map: a 5 x 4 grid, 6 m apart.

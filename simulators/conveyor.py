@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -46,6 +46,9 @@ from simulators.conveyor_plc import (
 __all__ = ["ConveyorSimulator", "SimulatedConveyor", "add_arguments", "run"]
 
 log = structlog.get_logger(__name__)
+
+#: Bound on stopping (servers, scan loop, restarts): a stuck stop fails fast and says what.
+STOP_TIMEOUT_S: Final = 10.0
 
 _FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 3: "holding", 6: "holding",
              16: "holding", 22: "holding", 23: "holding", 4: "input"}
@@ -110,8 +113,13 @@ class SimulatedConveyor:
     async def stop(self) -> None:
         """Close the listener and drop every connection."""
         if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
-            self._server = None
+            server, self._server = self._server, None
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await server.shutdown()  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                raise RuntimeError(f"{self.id}: the Modbus server on port {self.port} did not "
+                                   f"shut down within {STOP_TIMEOUT_S:g}s") from None
 
     async def restart(self, mode: str = "warm", down_s: float = 1.0) -> None:
         """Drop connections, stay away ``down_s``, come back (``cold``: as a new boot)."""
@@ -213,11 +221,18 @@ class ConveyorSimulator:
 
     async def stop(self) -> None:
         """Stop the scan loop, the servers and the control API."""
-        for task in [self._ticker, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = {t for t in [self._ticker, *self._tasks] if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            if stuck:
+                raise RuntimeError("conveyor simulator: tasks did not stop within "
+                                   f"{STOP_TIMEOUT_S:g}s of being cancelled: "
+                                   f"{sorted(t.get_name() for t in stuck)}")
+            for task in done:  # a task that failed instead of stopping: say so
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         for conv in self.conveyors:
             await conv.stop()
         if self._runner is not None:

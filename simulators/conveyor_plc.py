@@ -25,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
 
+from simulators.harness.toml import render_toml
+
 STOPPED, EXECUTE, HELD = 2, 6, 11
 JAM_CODE: Final = 101
 MAX_ZONES: Final = 16
@@ -268,27 +270,14 @@ class ConveyorPlc:
         }
 
 
-def gateway_device_toml(device_id: str, port: int, *, host: str = "127.0.0.1",
-                        poll_interval: str = "200ms", extra: dict[str, Any] | None = None,
-                        zones: int = 6) -> str:
-    """A gateway ``[[devices]]`` table mapping one simulated conveyor completely."""
+def gateway_device(device_id: str, port: int, *, host: str = "127.0.0.1",
+                   poll_interval: str = "200ms", extra: dict[str, Any] | None = None,
+                   zones: int = 6) -> dict[str, Any]:
+    """A gateway ``[[devices]]`` table (as data) mapping one simulated conveyor completely."""
     keys: dict[str, Any] = {"id": device_id, "driver": "modbus", "role": "conveyor",
                             "host": host, "port": port, "unit_id": 1,
                             "poll_interval": poll_interval, "counter_report_interval": "0s"}
     keys.update(extra or {})
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{val(str(k))} = {val(x)}" for k, x in v.items()) + " }"
-        return str(v)
-
-    lines = ["[[devices]]", *(f"{k} = {val(v)}" for k, v in keys.items())]
     points: list[dict[str, Any]] = []
     for z in range(1, zones + 1):
         points.append({"name": f"motor_{z}", "table": "coil", "address": z - 1, "type": "bool"})
@@ -321,10 +310,17 @@ def gateway_device_toml(device_id: str, port: int, *, host: str = "127.0.0.1",
          "order": "DCBA"},
         {"name": "tracking_seq", "table": "input", "address": 20, "type": "u32"},
     ]
-    for p in points:
-        lines += ["", "[[devices.points]]", *(f"{k} = {val(v)}" for k, v in p.items())]
-    lines += ["", "[devices.tracking]", 'table = "input"', f"address = {RING_ADDRESS}",
-              f"slots = {RING_SLOTS}", f"slot_size = {SLOT_SIZE}", "seq_offset = 0",
-              "tote_offset = 2", 'tote_type = "string"', f"tote_length = {TOTE_CHARS}",
-              "from_offset = 8", "to_offset = 9"]
-    return "\n".join(lines) + "\n"
+    keys["points"] = points
+    keys["tracking"] = {"table": "input", "address": RING_ADDRESS, "slots": RING_SLOTS,
+                        "slot_size": SLOT_SIZE, "seq_offset": 0, "tote_offset": 2,
+                        "tote_type": "string", "tote_length": TOTE_CHARS,
+                        "from_offset": 8, "to_offset": 9}
+    return keys
+
+
+def gateway_device_toml(device_id: str, port: int, *, host: str = "127.0.0.1",
+                        poll_interval: str = "200ms", extra: dict[str, Any] | None = None,
+                        zones: int = 6) -> str:
+    """:func:`gateway_device` rendered as a TOML ``[[devices]]`` table."""
+    return render_toml({"devices": [gateway_device(
+        device_id, port, host=host, poll_interval=poll_interval, extra=extra, zones=zones)]})

@@ -3,37 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from waiting import wait_until
+
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess, SiteConfig
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.scanners import PublishedRead, ScannerFleet
 from simulators.wms import WmsSimulator
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float, what: str,  # noqa: ASYNC109
-                     interval: float = 0.1) -> None:
-    """Poll ``cond`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+__all__ = ["connect_fleet", "delivered", "publish", "read_ids_by_scanner", "site", "start",
+           "wait_until", "wms_ids"]
 
 
 def site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator | None,
-         **kw: Any) -> SiteConfig:
+         **kw: Any) -> GatewaySetup:
     """A gateway config for this test's broker and WMS."""
-    return SiteConfig(workdir=tmp_path / "gw", broker_port=broker.port,
+    return GatewaySetup(workdir=tmp_path / "gw", broker_port=broker.port,
                       wms_url=wms.url if wms is not None else None, **kw)
 
 
 async def start(gw: GatewayProcess) -> None:
     """Start the gateway process without blocking the test's event loop."""
     await asyncio.to_thread(gw.start)
+
+
+async def delivered(gw: GatewayProcess, sink: str = "wms", timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Wait until the gateway has nothing left to send to ``sink``.
+
+    The positive signal that replaces "sleep, then check nothing extra came":
+    with the sink's backlog empty (every stored event acknowledged) no late
+    retry, duplicate or phantom can still be on its way to the WMS.
+    """
+    def empty() -> bool:
+        return gw.status()["sinks"][sink]["backlog_events"] == 0
+
+    await wait_until(empty, timeout, f"the gateway's backlog for sink {sink} to empty", 0.2)
 
 
 async def publish(fleet: ScannerFleet, total: int, rate: float | None = None

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.events import (
+from gateway.core.events import (
     EVENT_NAMESPACE,
     EVENT_TYPES,
     SCHEMA,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from drivers.vda5050.ingest import decode
-from gateway.events import Event, format_time, make_event_id, parse_time
+from gateway.core.events import Event, format_time, make_event_id, parse_time
 from gateway.recognizers.amr import MAX_PLANNED_ACTIONS, AmrRecognizer, PlannedAction
 
 SITE, DEVICE, M, S = "DC-EAST-1", "amr-fleet", "Acme", "AMR-7"
@@ -315,7 +315,7 @@ def test_memory_is_bounded() -> None:
 
 
 def test_not_a_report_is_a_type_error() -> None:
-    from gateway.events import Signal
+    from gateway.core.events import Signal
 
     with pytest.raises(TypeError, match="not a VDA 5050 report"):
         AmrRecognizer(site=SITE, device=DEVICE).feed(Signal(DEVICE, "state", {}, 0.0))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.events import Event, Signal, make_event_id
+from gateway.core.events import Event, Signal, make_event_id
 from gateway.recognizers.conveyor import ConveyorMap, ConveyorRecognizer, counter_delta
 
 SITE, DEV = "S", "conv-1"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from drivers.mqtt import IngestError, decode_scanner_read
+from drivers.mqtt.driver import IngestError, decode_scanner_read
 from gateway.config import ScannerFields
-from gateway.events import Event, Priority, Signal, format_time, make_event_id
+from gateway.core.events import Event, Priority, Signal, format_time, make_event_id
 from gateway.recognizers.scanner import MAX_RECENT_CODES, ScannerRecognizer
 
 SITE, DEVICE, LOCATION = "DC-EAST-1", "scan-1", "INDUCT-1"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.events import Priority, Signal, make_event_id
+from gateway.core.events import Priority, Signal, make_event_id
 from gateway.recognizers.sorter import DIVERT_RESULTS, SorterRecognizer
 
 SITE, DEV = "DC-EAST-1", "sorter-1"

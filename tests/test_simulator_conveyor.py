@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,8 +13,7 @@ from e2e import wait_until
 from pymodbus.client import AsyncModbusTcpClient
 
 from simulators.conveyor_plc import ConveyorPlc
-
-ROOT = Path(__file__).resolve().parents[1]
+from simulators.harness.process import ChildProcess, simulator
 
 
 def call(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -27,10 +23,10 @@ def call(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(r.read())
 
 
-def spawn(out: Path, *args: str) -> subprocess.Popen[bytes]:
-    with open(out, "wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "simulators", "conveyor", *args],
-                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+def spawn(out: Path, *args: str) -> ChildProcess:
+    child = simulator("conveyor", args, out)
+    child.start()
+    return child
 
 
 async def test_cli_serves_conveyors_and_obeys_the_control_api(tmp_path: Path) -> None:
@@ -72,12 +68,9 @@ async def test_cli_serves_conveyors_and_obeys_the_control_api(tmp_path: Path) ->
         with pytest.raises(urllib.error.HTTPError) as err:
             call(ctl + "/devices/1/exception", {"code": 9})
         assert err.value.code == 400
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert proc.stop(10, raise_on_kill=True) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        proc.kill()
 
 
 def test_plc_model_moves_totes_zone_by_zone_and_a_cold_restart_is_a_new_boot() -> None:

@@ -19,31 +19,17 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
+from waiting import ManualClock as FakeClock
+from waiting import wait_until
 
 from buffer.service import StoreService
-from buffer.store import (
-    ROW_OVERHEAD,
-    IngestDeadLetter,
-    OpenReport,
-    SinkDeadLetter,
-    Store,
-    StoreDiskFull,
-    StoreError,
-)
-from gateway.events import Event
+from buffer.store import ROW_OVERHEAD, OpenReport, Store, StoreDiskFull, StoreError
+from gateway.core.events import Event
+from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
 ROW = 500  #: bytes every ``sized`` event costs in the store (body + ROW_OVERHEAD)
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ev(key: int | str, type_: str = "pick", *, pad: int = 0) -> Event:
@@ -615,7 +601,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     from buffer.store import Store
-    from gateway.events import Event
+    from gateway.core.events import Event
 
     store = Store(sys.argv[1])
     n = 0
@@ -697,8 +683,11 @@ async def test_service_retries_a_cursor_move_until_the_disk_has_room(db: Path) -
     rows, scanned = await service.call(store.read, "wms", 0, 100)
     await service.call(_fill_disk, store)
     dead = [SinkDeadLetter(r.seq, r.event_id, "422: bad") for r in rows]
-    task = asyncio.create_task(service.advance("wms", scanned, dead))
-    await asyncio.sleep(1.5)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(service.advance("wms", scanned, dead))
+        # The positive signal: the first attempt met the full disk and was held.
+        await wait_until(lambda: any(e["event"] == "store_disk_full" for e in logs), 10,
+                         "the refused cursor move logged")
     assert not task.done(), "a full disk must hold the cursor move, not fail it"
     assert await service.call(store.cursors) == {"wms": 0}
     await service.call(_free_disk, store)

@@ -10,9 +10,10 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
-from buffer.store import ROW_OVERHEAD, IngestDeadLetter, SinkDeadLetter, Store
+from buffer.store import ROW_OVERHEAD, Store
 from gateway.config import StoreConfig
-from gateway.events import Event
+from gateway.core.events import Event
+from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
 MiB = 1024**2
 PREFIX = 4096

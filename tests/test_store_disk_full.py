@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 import structlog
+from waiting import wait_until
 
 from buffer.service import Committer, StoreService
 from buffer.store import Store
 from gateway.config import HttpSinkConfig
-from gateway.events import Event
+from gateway.core.events import Event
 from gateway.forwarder import Forwarder
 from gateway.sinks.http import HttpSink
 from simulators.wms import Faults, WmsSimulator
@@ -131,19 +132,9 @@ class Rig:
 
 
 async def until(check: Callable[[], Any], what: str, within: float = WAIT_S) -> None:
-    """Poll ``check`` (sync or async) until it is true."""
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                ok = check()
-                if asyncio.iscoroutine(ok):
-                    ok = await ok
-                if ok:
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        state = _STATE[-1]() if _STATE else None
-        raise AssertionError(f"timed out waiting for: {what}; state: {state}") from None
+    """Poll ``check`` (sync or async) until it is true; a timeout shows the rig's state."""
+    await wait_until(check, within, what, 0.02,
+                     state=lambda: _STATE[-1]() if _STATE else None)
 
 
 @contextlib.asynccontextmanager

@@ -40,16 +40,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from buffer.store import (
-    ROW_OVERHEAD,
-    AppendResult,
-    IngestDeadLetter,
-    OpenReport,
-    SinkDeadLetter,
-    Store,
-    StoreError,
-)
-from gateway.events import Event, Priority
+from buffer.store import ROW_OVERHEAD, AppendResult, OpenReport, Store, StoreError
+from gateway.core.events import Event, Priority
+from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
 SINKS = ("a", "b", "c")
 TYPES = ("pick", "pack", "move", "scan", "exception", "telemetry", "device_status")

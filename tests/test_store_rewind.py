@@ -13,24 +13,15 @@ from pathlib import Path
 
 import pytest
 import structlog
+from waiting import ManualClock as FakeClock
 
 from buffer.highwater import REWIND_SEQ_MARGIN, sidecar_path
 from buffer.store import OpenReport, Store
-from gateway.events import Event
+from gateway.core.events import Event
 from simulators.broker import MosquittoBroker
-from simulators.gateway_process import GatewayProcess
+from simulators.harness.gateway import GatewayProcess
 from simulators.wms import WmsSimulator
 from tests.e2e import connect_fleet, publish, site, start, wait_until
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ev(key: int) -> Event:

@@ -17,23 +17,14 @@ from typing import Any
 
 import pytest
 import structlog
+from waiting import ManualClock as FakeClock
 
 from buffer import salvage as salvage_mod
 from buffer.store import Store
-from gateway.events import Event
+from gateway.core.events import Event
 
 COLUMNS = "seq, event_id, type, priority, device, only_sink, created, body"
 TYPES = ["pick", "pack", "move", "exception", "telemetry"]
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ev(key: int, *, pad: int = 0) -> Event:

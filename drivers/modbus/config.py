@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -26,7 +26,10 @@ from drivers.modbus.registers import (
     Table,
     ValueType,
 )
-from gateway.config_base import Duration, Identifier, Model, PositiveDuration
+from gateway.core.config import DeviceModel, Duration, Identifier, Model, PositiveDuration
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Driver, DriverContext
 
 PointName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 Address = Annotated[int, Field(ge=0, le=65535)]
@@ -164,12 +167,16 @@ class Tracking(Model):
                     tuple(self.slot_points(order)))
 
 
-class ModbusDevice(Model):
+class ModbusDevice(DeviceModel):
     """A Modbus TCP device polled with a register map."""
+
+    KIND: ClassVar[str] = "modbus"
+    ROLES: ClassVar[tuple[str, ...]] = ("conveyor",)
+
 
     id: Identifier
     driver: Literal["modbus"]
-    role: Literal["conveyor"] = "conveyor"
+    role: str = "conveyor"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 502
     #: Modbus unit identifier (``device_id`` on the wire).
@@ -272,3 +279,10 @@ class ModbusDevice(Model):
         """Counter point -> the value at which it wraps to 0."""
         return {p.name: 1 << (16 if p.type == "u16" else 32)
                 for p in self.points if p.role == "counter"}
+
+    @classmethod
+    def build(cls, ctx: DriverContext[Any]) -> Driver:
+        """The running driver for ``ctx.devices``."""
+        from drivers.modbus.driver import ModbusDriver
+
+        return ModbusDriver(ctx)

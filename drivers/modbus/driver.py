@@ -1,10 +1,10 @@
-"""Modbus TCP driver: polls one PLC's register map and feeds the conveyor recognizer.
+"""Modbus TCP driver: polls one PLC's register map and hands the changes to its ingest pipeline.
 
 One connection per device and one request at a time on it (a PLC serves its
 Modbus clients from a small queue; a second outstanding request only waits
 there). Each poll reads the planned blocks (``registers.plan_reads``),
 decodes every point, and passes only the points that changed to the
-recognizer. Its events are handed to ``Committer.append`` and awaited, so a
+recognizer (gateway/ingest.py). Its events are appended to the store and awaited, so a
 full or slow store slows polling down instead of piling records up in memory.
 
 Failures never leave ``run``:
@@ -14,6 +14,10 @@ Failures never leave ``run``:
 - a Modbus exception response (0x01 to 0x0B) → the device is unavailable with
   an error naming the code; the connection is kept and the poll retried
   after the backoff;
+- 0x02 (illegal data address) for a request that bridges unmapped addresses
+  between points (``max_gap``) → the request is split at its gaps, the new
+  plan kept for the driver's life and logged once (``modbus_read_split``);
+  the poll goes on. 0x02 for a request without a gap is a device error;
 - a value that cannot be a signal (NaN, infinity, non-ASCII text, a short
   response) → an ingest dead letter holding the raw registers, counted and
   logged throttled per device and kind; the other points of the poll go on.
@@ -28,27 +32,34 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from buffer.service import Committer
-from buffer.store import Record
-from drivers.base import Availability, IngestError, IngestErrors, raise_if_cancelling
+from drivers.base import Availability, raise_if_cancelling
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.registers import BadValue, ReadBlock, exception_text, plan_reads
-from gateway.events import Signal
-from gateway.recognizers.conveyor import ConveyorMap, ConveyorRecognizer
-from gateway.sinks.base import Backoff
+from drivers.modbus.registers import (
+    BadValue,
+    ReadBlock,
+    exception_text,
+    plan_reads,
+    split_at_gaps,
+)
+from gateway.core.backoff import Backoff
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal
+from gateway.core.protocols import DriverContext
+from gateway.core.records import Record
 
 log = structlog.get_logger(__name__)
 
 # The driver reports device faults itself, once per outage; the library's own
 # line per failed attempt would repeat that at every poll.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
 
 
 class DeviceError(Exception):
@@ -59,53 +70,38 @@ class DeviceError(Exception):
         self.reconnect = reconnect
 
 
-def build_recognizer(site: str, device: ModbusDevice) -> ConveyorRecognizer:
-    """The conveyor recognizer for a device's register map."""
-    roles = device.role_points()
+class IllegalAddress(DeviceError):
+    """The device answered 0x02 (illegal data address) to the read of ``block``."""
 
-    def one(role: str) -> str | None:
-        names = roles.get(role)
-        return names[0] if names else None
-
-    points = ConveyorMap(
-        heartbeat=one("heartbeat"), state=one("state"), state_count=one("state_count"),
-        boot_count=one("boot_count"), fault_active=one("fault_active"),
-        fault_code=one("fault_code"), fault_zone=one("fault_zone"),
-        fault_count=one("fault_count"), counters=device.counter_moduli(),
-        tracking_slots=device.tracking.slots if device.tracking else 0,
-    )
-    return ConveyorRecognizer(
-        site=site, device=device.id, points=points,
-        zones={int(k): v for k, v in device.zones.items()},
-        jam_codes=frozenset(device.jam_codes),
-        counter_report_interval=device.counter_report_interval, location=device.location,
-    )
+    def __init__(self, message: str, block: ReadBlock) -> None:
+        super().__init__(message, reconnect=False)
+        self.block = block
 
 
 class ModbusDriver:
     """Polls one Modbus TCP device."""
 
-    def __init__(self, site: str, device: ModbusDevice, committer: Committer, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.site = site
+    def __init__(self, ctx: DriverContext[ModbusDevice]) -> None:
+        (device,) = ctx.devices
+        self.site = ctx.site
         self.device = device
         self.name = f"modbus-{device.id}"
-        self._committer = committer
-        self._clock = clock
+        self.ingest = ctx.ingest
+        self.pipe = pipe = ctx.ingest.device(device.id)
+        pipe.bind(self._describe_poll)
+        self._clock = ctx.clock
         self.blocks: list[ReadBlock] = plan_reads(
             device.spans(), max_gap=device.max_gap, max_bit_gap=device.max_bit_gap,
             max_registers=device.max_registers, max_bits=device.max_bits)
         self.points_per_poll = sum(len(b.points) for b in self.blocks)
-        self.recognizer = build_recognizer(site, device)
-        self._watched = self.recognizer.points.watched()
-        self._heartbeat = self.recognizer.points.heartbeat
-        self._hb_at = next(((bi, b.names.index(self._heartbeat))
-                            for bi, b in enumerate(self.blocks) if self._heartbeat in b.names),
-                           None)
+        self._watched = pipe.inputs if pipe.inputs is not None else frozenset(
+            name for b in self.blocks for name in b.names)
+        heartbeat = device.role_points().get("heartbeat")
+        self._heartbeat: str | None = heartbeat[0] if heartbeat else None
+        self._hb_at = _slot_of(self.blocks, self._heartbeat)
         self._bad_response: list[Any] = [None] * len(self.blocks)
         self._last: list[list[Any] | None] = [None] * len(self.blocks)
         self.availability = Availability(device.id, "modbus")
-        self.errors = IngestErrors()
         self._backoff = Backoff(device.backoff_initial, device.backoff_max)
         self._client: AsyncModbusTcpClient | None = None
         self._paused = False
@@ -126,7 +122,7 @@ class ModbusDriver:
 
     async def run(self) -> None:
         """Poll until cancelled; faults are reported and retried, never raised."""
-        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
         try:
             while not self._paused:
                 raise_if_cancelling()
@@ -176,7 +172,7 @@ class ModbusDriver:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
         now = self._clock()
-        rec = self.recognizer
+        figures = self.pipe.snapshot()
         a = self.availability
         return {self.device.id: {
             "driver": "modbus",
@@ -199,15 +195,9 @@ class ModbusDriver:
             "last_seen_s_ago": None if self.last_poll_at is None
             else round(now - self.last_poll_at, 1),
             "exceptions": dict(self.exceptions),
-            "ingest_errors": self.errors.for_device(self.device.id),
+            "ingest_errors": figures.pop("ingest_errors"),
             "heartbeat_stale": self.heartbeat_stale,
-            "boot": rec.boot,
-            "tracking_seq": rec.tracking_seq,
-            "lost_moves": rec.lost_moves,
-            "fault_count": rec.fault_count,
-            "open_fault": None if rec.open_fault is None else {
-                "fault_count": rec.open_fault[0], "reason": rec.open_fault[1],
-                "fault_code": rec.open_fault[2], "zone": rec.zone(rec.open_fault[3])},
+            **figures,
             "points": self._point_values(),
         }}
 
@@ -233,7 +223,8 @@ class ModbusDriver:
         if not ok:
             client.close()
             raise DeviceError(f"cannot connect to {dev.host}:{dev.port}", reconnect=True)
-        self._client = client
+        self._client = client  # closed by ``run`` if the next line raises
+        raise_if_cancelling()
         self.connects += 1
         # A new connection may face a restarted PLC: compare nothing with before.
         self._last = [None] * len(self.blocks)
@@ -251,11 +242,10 @@ class ModbusDriver:
         next_at = loop.time()
         while not self._paused:
             records = await self._poll()
-            raise_if_cancelling()  # a stop request swallowed by pymodbus's wait_for
             self.availability.up(host=self.device.host, port=self.device.port)
             self._backoff.reset()
             if records:
-                await self._committer.append(records)
+                await self.pipe.append(records)
             next_at += interval
             delay = next_at - loop.time()
             if delay <= 0:  # behind: poll again now, but never in a burst to catch up
@@ -281,6 +271,7 @@ class ModbusDriver:
         try:
             async with asyncio.timeout(dev.timeout):
                 rr = await call(block.address, count=block.count, device_id=dev.unit_id)
+            raise_if_cancelling()
         except TimeoutError:
             raise DeviceError(f"no answer within {dev.timeout:g}s reading {what}",
                               reconnect=True) from None
@@ -290,12 +281,19 @@ class ModbusDriver:
             code = int(getattr(rr, "exception_code", 0))
             text = exception_text(code)
             self.exceptions[text] += 1
+            if code == 0x02:
+                raise IllegalAddress(f"{text} reading {what}", block)
             raise DeviceError(f"{text} reading {what}", reconnect=False)
         return rr.bits if block.table in ("coil", "discrete_input") else rr.registers
 
     async def _poll(self) -> list[Record]:
         t0 = time.perf_counter()
-        raws = [await self._read(block) for block in self.blocks]
+        try:
+            raws = [await self._read(block) for block in self.blocks]
+        except IllegalAddress as err:
+            if not self._split(err.block):
+                raise
+            return await self._poll()  # with the new plan (a piece is never split again)
         now = self._clock()
         dev_id = self.device.id
         watched = self._watched
@@ -331,14 +329,31 @@ class ModbusDriver:
         self.points_read += self.points_per_poll
         self.last_poll_at = now
         self._check_heartbeat(now)
-        try:
-            records.extend(self.recognizer.feed_poll(signals, now))
-        except Exception as err:  # a recognizer bug must not stop polling
-            payload = json.dumps({s.point: s.value for s in signals}, default=str).encode()
-            records.append(self.errors.dead_letter(
-                dev_id, self.errors.failed(dev_id, err), payload, {"poll": self.polls}))
+        records.extend(self.pipe.recognize_poll(signals, now, signals))
         self.last_poll_ms = (time.perf_counter() - t0) * 1000
         return records
+
+    def _split(self, refused: ReadBlock) -> bool:
+        """Replace a bridged block the device refused by its gap-free pieces.
+
+        False when ``refused`` has no gap: then 0x02 is about a mapped
+        address and stays a device error.
+        """
+        pieces = split_at_gaps(refused, self.device.spans())
+        if len(pieces) == 1:
+            return False
+        bi = self.blocks.index(refused)
+        self.blocks[bi:bi + 1] = pieces
+        self._last[bi:bi + 1] = [None] * len(pieces)
+        self._bad_response[bi:bi + 1] = [None] * len(pieces)
+        self._hb_at = _slot_of(self.blocks, self._heartbeat)
+        log.warning("modbus_read_split", device=self.device.id, table=refused.table,
+                    refused=f"{refused.address}..{refused.address + refused.count - 1}",
+                    reads=[f"{p.address}..{p.address + p.count - 1}" for p in pieces],
+                    reason="0x02 ILLEGAL DATA ADDRESS: the device refuses reads over unmapped "
+                           "addresses",
+                    action="reading the mapped ranges one by one from now on")
+        return True
 
     def _dead_letter(self, block: ReadBlock, index: int | None, err: IngestError,
                      raw: Any) -> Record:
@@ -355,7 +370,12 @@ class ModbusDriver:
             context.update(point=p.name, address=p.address, type=p.type, order=p.order,
                            registers=[int.from_bytes(payload[j:j + 2], "big")
                                       for j in range(0, len(payload), 2)])
-        return self.errors.dead_letter(self.device.id, err, payload, context)
+        return self.pipe.dead_letter(err, payload, context)
+
+    def _describe_poll(self, signals: Sequence[Signal]) -> tuple[bytes, Mapping[str, Any]]:
+        """A poll whose recognition failed, as its dead letter keeps it."""
+        payload = json.dumps({s.point: s.value for s in signals}, default=str).encode()
+        return payload, {"poll": self.polls}
 
     def _check_heartbeat(self, now: float) -> None:
         name = self._heartbeat
@@ -384,3 +404,9 @@ class ModbusDriver:
                 if not name.startswith("tracking["):
                     out[name] = None if isinstance(v, BadValue) else v
         return out
+
+
+def _slot_of(blocks: Sequence[ReadBlock], name: str | None) -> tuple[int, int] | None:
+    """(block index, point index) of point ``name`` in a read plan."""
+    return next(((bi, b.names.index(name)) for bi, b in enumerate(blocks) if name in b.names),
+                None)

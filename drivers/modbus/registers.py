@@ -3,7 +3,9 @@
 Nothing here does I/O. A *point* is one named value at a fixed place in one
 of the four Modbus tables; ``plan_reads`` groups the points of a device into
 as few read requests as the protocol limits and the configured gap allow;
-``ReadBlock.decode`` turns one response into the values of its points.
+``ReadBlock.decode`` turns one response into the values of its points;
+``split_at_gaps`` re-plans one bridged request for a device that refuses reads
+over unmapped addresses.
 
 32-bit layouts are named by where the value's big-endian bytes ``A B C D``
 (``A`` most significant) land on the wire, register by register:
@@ -166,6 +168,22 @@ def plan_reads(spans: Iterable[Span], *, max_gap: int = 8, max_bit_gap: int = 64
         if start >= 0:
             blocks.append(ReadBlock(table, start, end - start, tuple(points)))
     return blocks
+
+
+def split_at_gaps(block: ReadBlock, spans: Iterable[Span]) -> list[ReadBlock]:
+    """``block`` as one request per run of adjacent spans: no unmapped address is read.
+
+    For a device that refuses a read touching an address it does not have
+    (exception 0x02) although every mapped point can be read. ``spans`` are
+    the device's spans (those inside ``block`` are used; a span, such as a
+    tracking ring, is still never split). A block without a gap comes back as
+    ``[block]``.
+    """
+    end = block.address + block.count
+    inside = [s for s in spans if s.table == block.table and block.address <= s.address < end]
+    pieces = plan_reads(inside, max_gap=0, max_bit_gap=0, max_registers=block.count,
+                        max_bits=block.count)
+    return [block] if len(pieces) <= 1 else pieces
 
 
 # Which packed buffer and which struct byte order decode a layout (see module doc):

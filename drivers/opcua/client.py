@@ -18,7 +18,7 @@ from asyncua.crypto import security_policies
 from cryptography import x509
 
 from drivers.opcua.config import OpcuaDevice
-from gateway.config import read_secret
+from gateway.core.config import read_secret
 
 APPLICATION_NAME = "warehouse-gateway"
 DEFAULT_APPLICATION_URI = "urn:warehouse-gateway:opcua-client"

@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_base import Duration, Identifier, Model, PositiveDuration, no_inline_secrets
+from gateway.core.config import (
+    DeviceModel,
+    Duration,
+    Identifier,
+    Model,
+    PositiveDuration,
+    no_inline_secrets,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Driver, DriverContext
 
 _NODE_ID = re.compile(r"^(?:(?:ns=\d+|nsu=[^;]+);)?(?:i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=\S+)$")
 #: A node id in OPC UA string form.
@@ -68,12 +78,16 @@ class OpcuaNode(Model):
         return _check_node_id(v)
 
 
-class OpcuaDevice(Model):
+class OpcuaDevice(DeviceModel):
     """An OPC UA server read through subscriptions (a sorter and/or its induct reader)."""
+
+    KIND: ClassVar[str] = "opcua"
+    ROLES: ClassVar[tuple[str, ...]] = ("sorter", "scanner")
+
 
     id: Identifier
     driver: Literal["opcua"]
-    role: Literal["sorter", "scanner"] = "sorter"
+    role: str = "sorter"
     endpoint: Annotated[str, Field(pattern=r"^opc\.tcp://[^\s/:]+(:\d+)?(/\S*)?$")]
     #: Where the induct is, when the confirm event does not say (``data.from`` of moves).
     induct: str | None = None
@@ -108,6 +122,10 @@ class OpcuaDevice(Model):
     session_timeout: PositiveDuration = 60.0
     backoff_initial: PositiveDuration = 0.5
     backoff_max: PositiveDuration = 30.0
+    #: The reconnect backoff starts over only after a session stayed up this
+    #: long: a server that fails every session right after accepting it is
+    #: retried ever more slowly instead of at ``backoff_initial``.
+    backoff_reset_after: Duration = 30.0
     #: First connect after the gateway starts: read event history this far back.
     history_lookback: Duration = 3600.0
     #: Events per history read request (continuation points fetch the rest).
@@ -151,3 +169,10 @@ class OpcuaDevice(Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @classmethod
+    def build(cls, ctx: DriverContext[Any]) -> Driver:
+        """The running driver for ``ctx.devices``."""
+        from drivers.opcua.driver import OpcuaDriver
+
+        return OpcuaDriver(ctx)

@@ -21,9 +21,9 @@ from typing import Any
 from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
 
-from drivers.base import IngestError
-from gateway.events import Signal
-from gateway.recognizers.sorter import DIVERT_CONFIRM, DIVERT_RESULTS, SCAN
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal
+from gateway.core.reports import DIVERT_CONFIRM, DIVERT_RESULTS, SCAN
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: OPC UA's "no time" (1601-01-01), which servers send for unset DateTimes.

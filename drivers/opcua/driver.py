@@ -10,13 +10,18 @@ step is ours to order and to time out):
    history from the last event time seen (first connect: ``history_lookback``)
    up to now, page by page. The subscription already runs, so an event is
    either in the history or in the subscription; overlaps are repeats of the
-   same physical event (same event id) and are dropped here or by the store;
+   same physical event (same event id) and are dropped here or by the store.
+   A server that keeps no event history for a source (``BadHistoryOperationInvalid``
+   and the like, see ``history.NO_HISTORY``) is told once: the source runs
+   live-only from then on, logged once and shown as a standing alert;
 4. supervise: a status change or a failed health probe ends the session; a
    subscription with no notification and no keep-alive for
    ``watchdog_keepalives`` keep-alive periods is re-created (and history is
    read again, since its events may be lost);
 5. on any failure: close within a bounded time, wait a capped, jittered
-   backoff, go to 1.
+   backoff, go to 1. The backoff starts over only after a session that stayed
+   up for ``backoff_reset_after``: a server that accepts the session and then
+   fails it at once is retried ever more slowly, not dozens of times a minute.
 
 Data-change initial values re-sent on a new subscription carry the source
 timestamp the value had: the driver drops one whose node, value and source
@@ -29,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +44,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.events import get_filter_from_event_type
 
-from buffer.service import Backpressure, Committer
-from buffer.store import IngestDeadLetter, Record
-from drivers.base import Availability, IngestError, IngestErrors, raise_if_cancelling
+from drivers.base import Availability, raise_if_cancelling
 from drivers.opcua import client as opc
 from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
@@ -54,11 +57,13 @@ from drivers.opcua.decode import (
     quality,
     scan_signal,
 )
-from drivers.opcua.history import read_event_history
+from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
-from gateway.events import Signal
-from gateway.recognizers.sorter import SorterRecognizer, divert_source_key, scan_source_key
-from gateway.sinks.base import Backoff
+from gateway.core.backoff import Backoff
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal
+from gateway.core.protocols import DriverContext
+from gateway.core.records import IngestDeadLetter, Record
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +87,9 @@ class _EventRoute:
     synced_until: float | None = None
     seen_until: float | None = None
     catching_up: bool = False
+    #: Set when the server said it keeps no event history for the source (its
+    #: status name): the source is live-only from then on.
+    no_history: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,18 +103,17 @@ class _NodeRoute:
 class OpcuaDriver:
     """Reads one OPC UA device (a sorter and/or an induct reader)."""
 
-    def __init__(self, site: str, device: OpcuaDevice, committer: Committer, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.site = site
+    def __init__(self, ctx: DriverContext[OpcuaDevice]) -> None:
+        (device,) = ctx.devices
+        self.site = ctx.site
         self.device = device
         self.name = f"opcua-{device.id}"
         opc.quiet_library_logs()
-        self._committer = committer
-        self._clock = clock
-        self.recognizer = SorterRecognizer(site=site, device=device.id, induct=device.induct,
-                                           location=device.location)
+        self.ingest = ctx.ingest
+        self.pipe = ctx.ingest.device(device.id)
+        self.pipe.bind(self._describe)
+        self._clock = ctx.clock
         self.availability = Availability(device.id, "opcua")
-        self.errors = IngestErrors()
         self._backoff = Backoff(device.backoff_initial, device.backoff_max)
         self._events = [_EventRoute(i, e) for i, e in enumerate(device.events)]
         self._by_handle: dict[int, _EventRoute] = {}
@@ -118,9 +125,11 @@ class OpcuaDriver:
         self._paused = False
         self._lost = asyncio.Event()
         self._drained = asyncio.Event()
-        committer.on_drained(self._drained.set)
+        ctx.ingest.on_drained(self._drained.set)
         self._sub: RawSubscription | None = None
         self._keepalive_s = device.publishing_interval * device.keepalive_count
+        #: When the current session came up (monotonic); None while not up.
+        self._up_since: float | None = None
         # Figures for the status API.
         self.notifications = 0
         self.events_received = 0
@@ -134,7 +143,7 @@ class OpcuaDriver:
 
     async def run(self) -> None:
         """Keep a session to the device until cancelled."""
-        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
         try:
             while True:
                 raise_if_cancelling()  # asyncua's wait_for may have swallowed a cancel
@@ -146,6 +155,10 @@ class OpcuaDriver:
                     self.availability.down(_describe(err), endpoint=self.device.endpoint)
                 else:
                     self.availability.down("session ended", endpoint=self.device.endpoint)
+                up_since, self._up_since = self._up_since, None
+                if (up_since is not None
+                        and time.monotonic() - up_since >= self.device.backoff_reset_after):
+                    self._backoff.reset()  # a healthy session: retry at once
                 await asyncio.sleep(self._backoff.next())
         finally:
             flusher.cancel()
@@ -159,16 +172,21 @@ class OpcuaDriver:
         return True
 
     def alerts(self) -> list[str]:
-        """The device being unreachable."""
-        if self.availability.available:
-            return []
-        return [f"OPC UA device {self.device.id} unavailable: "
-                f"{self.availability.last_error or 'not connected yet'}"]
+        """The device being unreachable; catch-up being off for a server without history."""
+        out = []
+        if not self.availability.available:
+            out.append(f"OPC UA device {self.device.id} unavailable: "
+                       f"{self.availability.last_error or 'not connected yet'}")
+        off = [f"{r.cfg.source}: {r.no_history}" for r in self._events if r.no_history]
+        if off:
+            out.append(f"OPC UA device {self.device.id}: catch-up after reconnect is off for "
+                       f"this server: it keeps no event history ({'; '.join(off)})")
+        return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""
         now = self._clock()
-        rec = self.recognizer
+        figures = self.pipe.snapshot()
         return {self.device.id: {
             "driver": "opcua",
             "role": self.device.role,
@@ -183,9 +201,7 @@ class OpcuaDriver:
             "history_events": self.history_events,
             "repeats_dropped": self.repeats_dropped,
             "subscriptions_recreated": self.subscriptions_recreated,
-            "moves": rec.moves, "scans": rec.scans, "exceptions": rec.exceptions,
-            "data_changes": rec.data_changes,
-            "ingest_errors": self.errors.for_device(self.device.id),
+            **figures,
             "synced_until": {f"{r.cfg.kind}@{r.cfg.source}": _iso(r.synced_until)
                              for r in self._events},
             "last_seen_s_ago": None if self.last_seen is None else round(now - self.last_seen, 1),
@@ -205,7 +221,7 @@ class OpcuaDriver:
             self.sessions += 1
             self.availability.up(endpoint=dev.endpoint,
                                  security=f"{dev.security_policy}/{dev.security_mode}")
-            self._backoff.reset()
+            self._up_since = time.monotonic()
             await self._catch_up(client, starts)
             await self._supervise(client)
         finally:
@@ -250,7 +266,7 @@ class OpcuaDriver:
         """
         starts = {}
         for route in self._events:
-            if route.cfg.history:
+            if route.cfg.history and route.no_history is None:
                 route.catching_up = True
                 starts[route.index] = (route.synced_until if route.synced_until is not None
                                        else self._clock() - self.device.history_lookback)
@@ -258,16 +274,13 @@ class OpcuaDriver:
 
     async def _catch_up(self, client: Client, starts: dict[int, float]) -> None:
         """Read every historized source's events since the last one seen."""
-        dev = self.device
         for route in self._events:
             if route.index not in starts:
                 route.synced_until = route.seen_until
                 continue
             start = starts[route.index]
             assert route.source is not None and route.filter is not None
-            async for fields_batch in read_event_history(
-                    client, route.source, route.filter, start, dev.history_page,
-                    dev.request_timeout):
+            async for fields_batch in self._history(client, route, start):
                 if self._paused:
                     return
                 now = self._clock()
@@ -278,9 +291,30 @@ class OpcuaDriver:
                     records.extend(self._event(route, values, now))
                 self.history_events += len(fields_batch)
                 if records:
-                    await self._committer.append(records)
+                    await self.pipe.append(records)
             route.catching_up = False
             route.synced_until = max(start, route.seen_until or start)
+
+    async def _history(self, client: Client, route: _EventRoute, start: float
+                       ) -> AsyncIterator[list[list[ua.Variant]]]:
+        """The route's event history pages; none if the server keeps no history for it.
+
+        "No history" is a permanent answer: the route is live-only from then
+        on (asking again at every reconnect would only end the session each
+        time and repeat the warning).
+        """
+        assert route.source is not None and route.filter is not None
+        dev = self.device
+        try:
+            async for page in read_event_history(client, route.source, route.filter, start,
+                                                 dev.history_page, dev.request_timeout):
+                yield page
+        except NoEventHistory as err:
+            route.no_history = err.status
+            log.warning("opcua_history_unavailable", device=self.device.id,
+                        source=route.cfg.source, status=err.status,
+                        action="catch-up after reconnect is off for this source; "
+                               "live events only")
 
     async def _supervise(self, client: Client) -> None:
         """Return when the session is lost; re-create a silent subscription."""
@@ -336,7 +370,7 @@ class OpcuaDriver:
     def _data_changes(self, items: list[ua.MonitoredItemNotification], now: float,
                       out: list[Record]) -> None:
         nodes = self._nodes
-        feed = self.recognizer.feed
+        recognize = self.pipe.recognize
         device = self.device.id
         self.notifications += len(items)
         for item in items:
@@ -361,7 +395,7 @@ class OpcuaDriver:
                 continue
             sig = Signal(device, route.point, value, now, stamp_us / 1e6, str(stamp_us),
                          quality(dv.StatusCode), {"node": route.node_text, "kind": route.kind})
-            out.extend(feed(sig))
+            out.extend(recognize(sig, sig))
 
     @staticmethod
     def _of_type(route: _EventRoute, values: list[ua.Variant]) -> bool:
@@ -384,10 +418,9 @@ class OpcuaDriver:
         try:
             if route.cfg.kind == "divert_confirm":
                 sig = divert_signal(self.device.id, fields, now)
-                key = divert_source_key(sig)
             else:
                 sig = scan_signal(self.device.id, fields, now)
-                key = scan_source_key(sig)
+            key = self.pipe.source_key(sig)
         except IngestError as err:
             payload = repr({k: v for k, v in fields.items() if k not in ("LocalTime",)})
             return [self._dead_letter(err, route.cfg.kind, payload.encode(),
@@ -398,30 +431,34 @@ class OpcuaDriver:
         self._recent[key] = None
         if len(self._recent) > RECENT_EVENT_KEYS:
             self._recent.popitem(last=False)
-        try:
-            return list(self.recognizer.feed(sig))
-        except Exception as err:  # a recognizer bug must not stop ingest
-            return [self._dead_letter(self.errors.failed(self.device.id, err), route.cfg.kind,
-                                      repr(fields).encode(), {"source": route.cfg.source})]
+        return list(self.pipe.recognize(sig, (route, fields)))
+
+    def _describe(self, raw: Signal | tuple[_EventRoute, dict[str, Any]],
+                  ) -> tuple[bytes, Mapping[str, Any]]:
+        """What a failed recognition keeps: a data change's value, or an event's fields."""
+        if isinstance(raw, Signal):
+            return repr(raw.value).encode(), {
+                "point": raw.point, "endpoint": self.device.endpoint,
+                "node": raw.attrs.get("node")}
+        route, fields = raw
+        return repr(fields).encode(), {"point": route.cfg.kind, "endpoint": self.device.endpoint,
+                                       "source": route.cfg.source}
 
     def _dead_letter(self, err: IngestError, point: str, payload: bytes,
                      context: dict[str, Any]) -> IngestDeadLetter:
-        return self.errors.dead_letter(self.device.id, err, payload,
-                                       {"point": point, "endpoint": self.device.endpoint,
-                                        **context})
+        return self.pipe.dead_letter(err, payload, {"point": point,
+                                                    "endpoint": self.device.endpoint, **context})
 
     async def _submit(self, records: list[Record]) -> None:
-        committer = self._committer
-        try:
-            committer.submit(records, None)
-        except Backpressure:
+        pipe = self.pipe
+        if not pipe.hand_off(records, None):
             # Not expected (we stop reading at the high-water mark): wait for room.
-            await committer.append(records)
-        if committer.saturated:
+            await pipe.append(records)
+        if pipe.saturated:
             # Holding the publish loop here stops further publish requests: the
             # server queues (or, for data changes, keeps only the latest values).
             self._drained.clear()
-            while committer.saturated and not self._paused:
+            while pipe.saturated and not self._paused:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._drained.wait()

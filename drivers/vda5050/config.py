@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_base import ByteSize, Identifier, Model
+from gateway.core.config import ByteSize, DeviceModel, Identifier
+
+if TYPE_CHECKING:
+    from gateway.core.protocols import Driver, DriverContext
 
 #: The VDA 5050 topics the gateway reads: ``<interface>/<major>/<manufacturer>/<serial>/<topic>``.
 TOPICS = ("state", "connection", "order", "instantActions")
@@ -15,16 +18,20 @@ TOPICS = ("state", "connection", "order", "instantActions")
 _LEVEL = r"^[^/+#\x00]+$"
 
 
-class Vda5050Device(Model):
+class Vda5050Device(DeviceModel):
     """An AMR fleet (one or more vehicles) speaking VDA 5050 over MQTT.
 
     Without ``manufacturer`` and ``serial_numbers`` the fleet is every vehicle
     publishing under ``<interface_name>/<major_version>/``; either narrows it.
     """
 
+    KIND: ClassVar[str] = "vda5050"
+    ROLES: ClassVar[tuple[str, ...]] = ("amr",)
+
+
     id: Identifier
     driver: Literal["vda5050"]
-    role: Literal["amr"] = "amr"
+    role: str = "amr"
     broker: Identifier
     interface_name: Annotated[str, Field(pattern=_LEVEL)] = "uagv"
     major_version: Annotated[str, Field(pattern=r"^v[0-9]+$")] = "v2"
@@ -72,3 +79,14 @@ class Vda5050Device(Model):
         if self.manufacturer is not None and manufacturer != self.manufacturer:
             return False
         return not self.serial_numbers or serial in self.serial_numbers
+
+    def group(self) -> str:
+        """Every fleet on one broker shares its connection."""
+        return self.broker
+
+    @classmethod
+    def build(cls, ctx: DriverContext[Any]) -> Driver:
+        """The running driver for ``ctx.devices``."""
+        from drivers.vda5050.driver import Vda5050Driver
+
+        return Vda5050Driver(ctx)

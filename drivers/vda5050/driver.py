@@ -2,7 +2,7 @@
 
 Subscribes to ``<interface>/<major>/<manufacturer>/<serial>/{state,connection,
 order,instantActions}`` for each fleet, decodes each message into a report
-(``gateway.recognizers.amr``) and feeds it to the fleet's recognizer.
+(``gateway.core.reports``) and hands it to the fleet's ingest pipeline.
 
 The connection is a persistent session with manual acknowledgement, like the
 scanner driver's: a QoS 1 message (``connection`` messages, retained last
@@ -22,37 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
 import structlog
 
-from buffer.service import Committer
-from buffer.store import Record
-from drivers.base import IngestError, IngestErrors
-from drivers.mqtt_flow import hand_over
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
-from gateway.config import BrokerConfig
-from gateway.mqtt_link import MqttLink
-from gateway.recognizers.amr import BROKEN_STATES, AmrRecognizer
+from gateway.core.errors import IngestError
+from gateway.core.protocols import DeviceIngest, DriverContext
+from gateway.transport.config import BrokerConfig
+from gateway.transport.link import MqttLink
 
 log = structlog.get_logger(__name__)
 
 #: Vehicle → fleet routes cached (cleared whole when full: it is only a cache).
 _MAX_ROUTES = 100_000
-#: Vehicles named in an alert line.
-_ALERT_NAMES = 5
 
 
 @dataclass(slots=True)
 class _Fleet:
     device: Vda5050Device
-    recognizer: AmrRecognizer
+    ingest: DeviceIngest
     messages: Counter[str] = field(default_factory=Counter)
     last_seen: float | None = None
 
@@ -60,39 +54,35 @@ class _Fleet:
 class Vda5050Driver:
     """All VDA 5050 fleets on one broker."""
 
-    def __init__(
-        self,
-        site: str,
-        broker: BrokerConfig,
-        devices: Sequence[Vda5050Device],
-        committer: Committer,
-        *,
-        client_id: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.site = site
+    def __init__(self, ctx: DriverContext[Vda5050Device], *,
+                 client_id: str | None = None) -> None:
+        broker: BrokerConfig = ctx.broker
+        devices = ctx.devices
+        self.site = site = ctx.site
         self.broker = broker
         self.name = f"vda5050-{broker.id}"
-        self._committer = committer
-        self._clock = clock
-        self._fleets = [_Fleet(dev, AmrRecognizer(
-            site=site, device=dev.id, pick_actions=frozenset(dev.pick_actions),
-            drop_actions=frozenset(dev.drop_actions), station_parameter=dev.station_parameter,
-            load_parameter=dev.load_parameter, max_vehicles=dev.max_vehicles,
-        )) for dev in devices]
+        self.ingest = ctx.ingest
+        self._clock = ctx.clock
+        self._fleets = [_Fleet(dev, ctx.ingest.device(dev.id)) for dev in devices]
         self._routes: dict[tuple[str, str, str, str], _Fleet | None] = {}
-        self.errors = IngestErrors()
-        self.unrouted = 0
         self._paused = False
         subscriptions = list(dict.fromkeys(t for dev in devices for t in dev.subscriptions()))
         if client_id is None:
             # Never the scanner driver's id on the same broker: one would evict the other.
             client_id = (f"{broker.client_id}-vda5050" if broker.client_id
                          else f"wh-gw-{site}-{broker.id}-vda5050")
-        committer.on_drained(self._resume)
+        ctx.ingest.on_drained(self._resume)
         self.link = MqttLink(broker, client_id, persistent=True, manual_ack=True,
                              on_message=self._on_message,
                              subscriptions=[(t, 1) for t in subscriptions])
+        for fleet in self._fleets:
+            fleet.ingest.bind(self._describe, on_saturated=self.link.pause_reading,
+                              on_refused=self.link.drop_connection)
+
+    @property
+    def unrouted(self) -> int:
+        """Messages for no configured fleet (acknowledged and dropped)."""
+        return self.ingest.unrouted
 
     # -- routing --------------------------------------------------------------------------
 
@@ -143,67 +133,42 @@ class Vda5050Driver:
         shaped = len(parts) == 5 and parts[4] in INGEST_VIEWS
         fleet = self._route(parts) if shaped else self._fleet_of_interface(parts)
         if fleet is None:
-            # A subscription no fleet claims (a fleet removed from the config whose
-            # subscription lives on in the persistent session).
-            if not self.unrouted:
-                log.warning("mqtt_message_for_unknown_device", topic=topic, driver=self.name,
-                            action="acknowledged and dropped; counted in unrouted_messages")
-            self.unrouted += 1
+            self.ingest.unrouted_message(topic, self.name)
             if ack is not None:
                 ack()
             return
+        pipe = fleet.ingest
+        if not shaped:
+            pipe.reject(IngestError("bad_topic", f"{topic!r} is not <interface>/<major>/"
+                                    "<manufacturer>/<serial>/<state|connection|order|"
+                                    "instantActions>"), msg, ack)
+            return
         dev = fleet.device
-        payload = msg.payload
-        records: list[Record]
+        fleet.messages[parts[4]] += 1
+        fleet.last_seen = now
         try:
-            if not shaped:
-                raise IngestError("bad_topic", f"{topic!r} is not <interface>/<major>/"
-                                  "<manufacturer>/<serial>/<state|connection|order|"
-                                  "instantActions>")
-            fleet.messages[parts[4]] += 1
-            fleet.last_seen = now
-            sig = decode(parts[4], payload, parts[2], parts[3], dev.id, now,
+            sig = decode(parts[4], msg.payload, parts[2], parts[3], dev.id, now,
                          dev.max_payload_bytes)
-            if sig is None:
-                records = []
-            else:
-                before = fleet.recognizer.connection_of(parts[2], parts[3])
-                records = list(fleet.recognizer.feed(sig))
-                if sig.point == "connection":
-                    self._log_connection(dev.id, parts[2], parts[3], before,
-                                         fleet.recognizer.connection_of(parts[2], parts[3]))
         except IngestError as err:
-            records = [self._dead_letter(dev.id, err, msg)]
-        except Exception as err:  # a recognizer bug must not stop ingest
-            records = [self._dead_letter(
-                dev.id, self.errors.failed(dev.id, err, driver=self.name, topic=topic), msg)]
+            pipe.reject(err, msg, ack)
+            return
+        records = [] if sig is None else pipe.recognize(sig, msg)
         if not records:
             if ack is not None:
                 ack()
             return
-        hand_over(self._committer, link, records, ack, self.name)
+        pipe.hand_off(records, ack)
 
-    def _dead_letter(self, device: str, err: IngestError, msg: paho.MQTTMessage) -> Record:
-        return self.errors.dead_letter(device, err, bytes(msg.payload), {
-            "topic": msg.topic, "qos": msg.qos, "retain": bool(msg.retain),
-            "broker": self.broker.id,
-        })
-
-    def _log_connection(self, device: str, manufacturer: str, serial: str, before: str | None,
-                        after: str | None) -> None:
-        # One line per change of a vehicle's link, not per message.
-        if after in BROKEN_STATES and before not in BROKEN_STATES:
-            log.warning("amr_connection_broken", device=device, manufacturer=manufacturer,
-                        serial=serial)
-        elif before in BROKEN_STATES and after not in BROKEN_STATES:
-            log.info("amr_connection_restored", device=device, manufacturer=manufacturer,
-                     serial=serial, connection_state=after)
+    def _describe(self, msg: paho.MQTTMessage) -> tuple[bytes, Mapping[str, Any]]:
+        """A message as its dead letter keeps it."""
+        return bytes(msg.payload), {"topic": msg.topic, "qos": msg.qos,
+                                    "retain": bool(msg.retain), "broker": self.broker.id}
 
     # -- driver protocol ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run the broker connection until cancelled."""
-        flusher = asyncio.create_task(self.errors.flush_every(), name=f"{self.name}-log-flush")
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
         try:
             await self.link.run()
         finally:
@@ -219,13 +184,7 @@ class Vda5050Driver:
         """The broker unreachable or our client id taken over; broken vehicle links."""
         out = self.link.alerts()
         for fleet in self._fleets:
-            broken = fleet.recognizer.broken()
-            if broken:
-                names = ", ".join(broken[:_ALERT_NAMES])
-                extra = len(broken) - _ALERT_NAMES
-                more = f" and {extra} more" if extra > 0 else ""
-                out.append(f"fleet {fleet.device.id}: {len(broken)} AMR(s) with a broken "
-                           f"connection: {names}{more}")
+            out.extend(fleet.ingest.alerts())
         return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
@@ -233,7 +192,8 @@ class Vda5050Driver:
         now = self._clock()
         out: dict[str, dict[str, Any]] = {}
         for fleet in self._fleets:
-            dev, rec = fleet.device, fleet.recognizer
+            dev = fleet.device
+            figures = fleet.ingest.snapshot()
             seen = fleet.last_seen
             out[dev.id] = {
                 "driver": "vda5050",
@@ -247,13 +207,7 @@ class Vda5050Driver:
                 "session_takeovers": self.link.takeovers,
                 "broker_error": self.link.last_error,
                 "messages": dict(fleet.messages),
-                "vehicles": rec.connection_counts(),
-                "connection_broken": rec.broken()[:20],
-                "state_gaps": rec.state_gaps,
-                "header_resets": rec.header_resets,
-                "unclassified_actions": rec.unclassified,
-                "evicted_vehicles": rec.evicted_vehicles,
-                "ingest_errors": self.errors.for_device(dev.id),
+                **figures,
                 "last_seen_s_ago": None if seen is None else round(now - seen, 1),
             }
         return out

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from drivers.base import IngestError
 from drivers.vda5050.config import TOPICS
-from gateway.events import Signal, parse_time
-from gateway.recognizers.amr import (
+from gateway.core.errors import IngestError
+from gateway.core.events import Signal, parse_time
+from gateway.core.reports import (
     ActionPlan,
     ActionStatus,
     ConnectionReport,

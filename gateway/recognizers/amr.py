@@ -24,11 +24,25 @@ disappeared (drop) since the previous state.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
+from gateway.core.reports import (
+    BROKEN_STATES,
+    ActionPlan,
+    ActionStatus,
+    ConnectionReport,
+    PlannedAction,
+    StateReport,
+    VehicleError,
+)
+
+__all__ = [
+    "BROKEN_STATES", "ActionPlan", "ActionStatus", "AmrRecognizer", "ConnectionReport",
+    "PlannedAction", "StateReport", "VehicleError",
+]
 
 #: Planned actions (from orders and instant actions) remembered per vehicle.
 MAX_PLANNED_ACTIONS = 1024
@@ -37,82 +51,8 @@ MAX_REPORTED = 1024
 #: Loads remembered per vehicle between their pick and their drop.
 MAX_CARRIED = 64
 
-BROKEN_STATES = frozenset({"CONNECTIONBROKEN", "CONNECTION_BROKEN"})
 _STATUS_NAMES = {"ONLINE": "online", "OFFLINE": "offline", "CONNECTIONBROKEN": "connection_broken",
                  "CONNECTION_BROKEN": "connection_broken"}
-
-
-@dataclass(frozen=True, slots=True)
-class ActionStatus:
-    """One entry of a state's ``actionStates``."""
-
-    action_id: str
-    action_type: str | None
-    status: str
-    result_description: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class VehicleError:
-    """One active error of a state, with the action ids it references."""
-
-    error_type: str
-    level: str | None = None
-    description: str | None = None
-    action_ids: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """As it appears in an exception event."""
-        return {"type": self.error_type, "level": self.level, "description": self.description}
-
-
-@dataclass(frozen=True, slots=True)
-class StateReport:
-    """The parts of a ``state`` message the recognizer uses.
-
-    ``loads`` holds the ids of the loads on board; ``None`` when the vehicle
-    does not report loads at all (the spec's "cannot determine").
-    """
-
-    manufacturer: str
-    serial: str
-    header_id: int
-    order_id: str
-    last_node_id: str
-    actions: tuple[ActionStatus, ...]
-    loads: tuple[str, ...] | None = None
-    errors: tuple[VehicleError, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionReport:
-    """A ``connection`` message."""
-
-    manufacturer: str
-    serial: str
-    header_id: int
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedAction:
-    """An action as ordered: on a node (``node_id``), an edge, or instant (neither)."""
-
-    action_id: str
-    action_type: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    node_id: str | None = None
-    edge_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ActionPlan:
-    """The actions of an ``order`` (``order_id`` set) or ``instantActions`` message."""
-
-    manufacturer: str
-    serial: str
-    order_id: str | None
-    actions: tuple[PlannedAction, ...]
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
 
 #: PackML state numbers (ISA-TR88.00.02) → names.
 PACKML_STATES: Final[Mapping[int, str]] = {

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
 
 #: Codes remembered for debouncing; bounds memory whatever the read rate.
 MAX_RECENT_CODES = 4096

@@ -25,23 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from gateway.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal
+from gateway.core.reports import DIVERT_CONFIRM, DIVERT_RESULTS, SCAN
 
-#: Divert results a sorter confirms, and the exception reason of each failure.
-DIVERT_RESULTS: Final = {
-    "diverted": None,
-    "no-read": "no_read",
-    "no-destination": "no_destination",
-    "chute-full": "chute_full",
-    "recirculated": "recirculated",
-    "lost": "lost",
-}
-
-DIVERT_CONFIRM: Final = "divert_confirm"
-SCAN: Final = "scan"
-
+__all__ = [
+    "DIVERT_CONFIRM", "DIVERT_RESULTS", "SCAN", "SorterRecognizer", "datachange_source_key",
+    "divert_source_key", "scan_source_key",
+]
 
 def _ms(ts: float) -> int:
     return round(ts * 1000)

@@ -35,10 +35,10 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from buffer.store import Row, SinkDeadLetter
 from gateway.config import HttpSinkConfig
-from gateway.logs import LogThrottle
-from gateway.sinks.base import Backoff
+from gateway.core.backoff import Backoff
+from gateway.core.records import Row, SinkDeadLetter
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 

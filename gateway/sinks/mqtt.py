@@ -16,10 +16,11 @@ from typing import Any
 
 import structlog
 
-from buffer.store import Row, SinkDeadLetter
-from gateway.config import BrokerConfig, MqttSinkConfig
-from gateway.mqtt_link import LinkDown, MqttLink
-from gateway.sinks.base import Backoff
+from gateway.config import MqttSinkConfig
+from gateway.core.backoff import Backoff
+from gateway.core.records import Row, SinkDeadLetter
+from gateway.transport.config import BrokerConfig
+from gateway.transport.link import LinkDown, MqttLink
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""MQTT scanner driver (``driver = "mqtt"``): ``config`` reads without paho, ``driver`` runs."""

@@ -1,0 +1,86 @@
+"""What the store keeps and hands out: records to append, rows to forward, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from gateway.core.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class IngestDeadLetter:
+    """A source message that could not become a signal.
+
+    Kept whole up to the store's ``dead_letter_payload_bytes``; a longer
+    payload is cut to that prefix and its context gains ``original_size``,
+    ``sha256`` and ``truncated`` (see ``Store.append``).
+    """
+
+    device: str
+    reason: str
+    payload: bytes
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkDeadLetter:
+    """An event a sink's upstream permanently rejected."""
+
+    seq: int
+    event_id: str
+    reason: str
+
+
+Record = Event | IngestDeadLetter
+
+
+class Row(NamedTuple):
+    """One stored event as a forwarder reads it (a tuple: cheap to build in bulk)."""
+
+    seq: int
+    event_id: str
+    type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter as operators see it."""
+
+    id: int
+    kind: str
+    sink: str | None
+    device: str | None
+    event_id: str | None
+    type: str | None
+    reason: str
+    body: bytes
+    context: dict[str, Any]
+    created: float
+
+
+def _json_default(value: object) -> str:
+    # Contexts are msgpack maps: a peer's bytes in one must not break the listing.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode()
+    return repr(value)
+
+
+def dead_letter_json(dl: DeadLetter, *, bodies: bool = True) -> str:
+    """One dead letter as JSON: the same shape in the API and ``store dead-letters --json``.
+
+    Keys: ``id``, ``kind``, ``sink``, ``device``, ``event_id``, ``type``,
+    ``reason``, ``created``, ``context``, ``body_bytes`` and, with ``bodies``,
+    ``body_b64`` (the raw body, base64). Bytes inside ``context`` are base64
+    strings; any other value JSON cannot hold is its ``repr``.
+    """
+    doc: dict[str, Any] = {
+        "id": dl.id, "kind": dl.kind, "sink": dl.sink, "device": dl.device,
+        "event_id": dl.event_id, "type": dl.type, "reason": dl.reason,
+        "created": dl.created, "context": dl.context, "body_bytes": len(dl.body)}
+    if bodies:
+        doc["body_b64"] = base64.b64encode(dl.body).decode()
+    return json.dumps(doc, default=_json_default)
