@@ -31,6 +31,7 @@ from gateway.core.config import (
     parse_bytes,
     parse_duration,
     read_secret,
+    resolve_path,
 )
 from gateway.core.events import EVENT_TYPES
 from gateway.transport.config import BrokerConfig
@@ -306,15 +307,6 @@ def _format(err: ValidationError) -> list[str]:
     return problems
 
 
-def _resolve(base: Path, p: Path | None) -> Path | None:
-    if p is None:
-        return None
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not p.is_absolute() and creds and (Path(creds) / p).exists():
-        return Path(creds) / p
-    return p if p.is_absolute() else (base / p)
-
-
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read, validate and resolve a config file; raise ``ConfigError`` on any problem."""
     file = Path(path)
@@ -342,14 +334,14 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
     missing: list[str] = []
 
     def existing(path: Path | None, where: str) -> Path | None:
-        resolved = _resolve(base, path)
+        resolved = resolve_path(base, path)
         problem = None if resolved is None else _file_problem(resolved, where)
         if problem is not None:
             missing.append(problem)
         return resolved
 
     def secret(path: Path | None, where: str, what: str) -> Path | None:
-        resolved = _resolve(base, path)
+        resolved = resolve_path(base, path)
         if resolved is not None:
             try:
                 read_secret(resolved, what)
@@ -378,7 +370,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
         raise ConfigError(file, problems + missing)
     if missing:
         raise MissingFilesError(file, missing)
-    store_path = _resolve(base, cfg.store.path)
+    store_path = resolve_path(base, cfg.store.path)
     return cfg.model_copy(
         update={
             "sinks": sinks,

@@ -7,6 +7,7 @@ never imports a protocol library.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -138,3 +139,15 @@ def read_secret(path: Path, what: str) -> str:
     if not text:
         raise ValueError(f"{what} file {str(path)!r} is empty")
     return text
+
+
+def resolve_path(base: Path, p: Path | None) -> Path | None:
+    """Where a configured file is: absolute as given; a relative path is looked up
+    first in systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), then
+    next to the config file (``base``)."""
+    if p is None:
+        return None
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not p.is_absolute() and creds and (Path(creds) / p).exists():
+        return Path(creds) / p
+    return p if p.is_absolute() else (base / p)

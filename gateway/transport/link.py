@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 import threading
 import time
@@ -33,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.core.backoff import Backoff
 from gateway.core.config import read_secret
 from gateway.core.throttle import LogThrottle
 from gateway.transport.config import BrokerConfig
@@ -158,7 +158,7 @@ class MqttLink:
         self._persistent = persistent
         self._subscriptions = subscriptions or []
         self._on_message = on_message
-        self._backoff = (backoff_initial, backoff_max)
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self.generation = 0
         self.connected = asyncio.Event()
         self._down = asyncio.Event()
@@ -457,7 +457,6 @@ class MqttLink:
         if self._persistent:
             props.SessionExpiryInterval = int(self.broker.session_expiry)
         props.ReceiveMaximum = self.broker.receive_maximum
-        attempt = 0
         try:
             while True:
                 try:
@@ -465,7 +464,7 @@ class MqttLink:
                         self._loop.run_in_executor(None, self._connect_blocking, props), 15
                     )
                     await asyncio.wait_for(self.connected.wait(), 15)
-                    attempt = 0
+                    self._backoff.reset()
                     await self._down.wait()
                     self.reconnects += 1
                 except (OSError, TimeoutError) as err:
@@ -479,9 +478,7 @@ class MqttLink:
                                 client_id=self.client_id, error=self.last_error)
                     self._reported_down = True
                 self._close_socket()
-                attempt += 1
-                lo, hi = self._backoff
-                await asyncio.sleep(random.uniform(0, min(hi, lo * 2 ** min(attempt, 16))))
+                await asyncio.sleep(self._backoff.next())
         finally:
             self.connected.clear()
             with contextlib.suppress(Exception):
