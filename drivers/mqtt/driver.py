@@ -15,12 +15,9 @@ then acknowledged like any other message.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +25,7 @@ import paho.mqtt.client as paho
 import structlog
 
 from drivers.mqtt.config import MqttDevice, ScannerFields
+from drivers.mqtt_link_driver import MqttLinkDriver
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
 from gateway.core.protocols import DeviceIngest, DriverContext
@@ -128,7 +126,7 @@ class _Route:
     ingest: DeviceIngest
 
 
-class MqttDriver:
+class MqttDriver(MqttLinkDriver):
     """All MQTT devices on one broker."""
 
     def __init__(self, ctx: DriverContext[MqttDevice], *, client_id: str | None = None) -> None:
@@ -160,7 +158,7 @@ class MqttDriver:
             subscriptions=[(d.topic, 1) for d in devices],
         )
         for route in self._routes():
-            route.ingest.bind(self._describe, on_saturated=self.link.pause_reading,
+            route.ingest.bind(self.describe, on_saturated=self.link.pause_reading,
                               on_refused=self.link.drop_connection)
 
     @property
@@ -212,24 +210,7 @@ class MqttDriver:
             return
         route.ingest.accept(sig, msg, ack)
 
-    def _describe(self, msg: paho.MQTTMessage) -> tuple[bytes, Mapping[str, Any]]:
-        """A message as its dead letter keeps it."""
-        return bytes(msg.payload), {"topic": msg.topic, "qos": msg.qos,
-                                    "retain": bool(msg.retain), "broker": self.broker.id}
 
-    async def run(self) -> None:
-        """Run the broker connection until cancelled."""
-        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
-        try:
-            await self.link.run()
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-
-    def ready(self) -> bool:
-        """True while the broker connection is up."""
-        return self.link.connected.is_set()
 
     def alerts(self) -> list[str]:
         """The broker being unreachable; another client using this client id."""

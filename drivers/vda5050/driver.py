@@ -20,16 +20,15 @@ An empty payload (how a retained message is cleared) is ignored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
 import structlog
 
+from drivers.mqtt_link_driver import MqttLinkDriver
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
 from gateway.core.errors import IngestError
@@ -51,7 +50,7 @@ class _Fleet:
     last_seen: float | None = None
 
 
-class Vda5050Driver:
+class Vda5050Driver(MqttLinkDriver):
     """All VDA 5050 fleets on one broker."""
 
     def __init__(self, ctx: DriverContext[Vda5050Device], *,
@@ -76,7 +75,7 @@ class Vda5050Driver:
                              on_message=self._on_message,
                              subscriptions=[(t, 1) for t in subscriptions])
         for fleet in self._fleets:
-            fleet.ingest.bind(self._describe, on_saturated=self.link.pause_reading,
+            fleet.ingest.bind(self.describe, on_saturated=self.link.pause_reading,
                               on_refused=self.link.drop_connection)
 
     @property
@@ -159,26 +158,9 @@ class Vda5050Driver:
             return
         pipe.hand_off(records, ack)
 
-    def _describe(self, msg: paho.MQTTMessage) -> tuple[bytes, Mapping[str, Any]]:
-        """A message as its dead letter keeps it."""
-        return bytes(msg.payload), {"topic": msg.topic, "qos": msg.qos,
-                                    "retain": bool(msg.retain), "broker": self.broker.id}
 
     # -- driver protocol ------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run the broker connection until cancelled."""
-        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
-        try:
-            await self.link.run()
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-
-    def ready(self) -> bool:
-        """True while the broker connection is up."""
-        return self.link.connected.is_set()
 
     def alerts(self) -> list[str]:
         """The broker unreachable or our client id taken over; broken vehicle links."""

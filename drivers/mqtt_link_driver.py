@@ -1,0 +1,47 @@
+"""What the MQTT drivers (scanners, VDA 5050 fleets) share: one broker link.
+
+Each runs its ``MqttLink`` with the ingest's log flusher beside it, is ready
+while the link is up, and keeps a message as a dead letter the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+    from gateway.core.protocols import Ingest
+    from gateway.transport.config import BrokerConfig
+    from gateway.transport.link import MqttLink
+
+
+class MqttLinkDriver:
+    """Base of the drivers that read one MQTT broker."""
+
+    name: str
+    broker: BrokerConfig
+    link: MqttLink
+    ingest: Ingest
+
+    async def run(self) -> None:
+        """Run the broker connection until cancelled."""
+        flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
+        try:
+            await self.link.run()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    def ready(self) -> bool:
+        """True while the broker connection is up."""
+        return self.link.connected.is_set()
+
+    def describe(self, msg: paho.MQTTMessage) -> tuple[bytes, Mapping[str, Any]]:
+        """A message as its dead letter keeps it."""
+        return bytes(msg.payload), {"topic": msg.topic, "qos": msg.qos,
+                                    "retain": bool(msg.retain), "broker": self.broker.id}
