@@ -93,7 +93,8 @@ async def running(link: MqttLink) -> AsyncIterator[MqttLink]:
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            async with asyncio.timeout(10):  # a link that ignores its cancel fails here
+                await task
 
 
 def events(logs: Sequence[MutableMapping[str, Any]], name: str

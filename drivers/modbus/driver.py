@@ -39,7 +39,7 @@ import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.base import Availability, raise_if_cancelling
+from drivers.base import Availability
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.registers import (
     BadValue,
@@ -48,6 +48,7 @@ from drivers.modbus.registers import (
     plan_reads,
     split_at_gaps,
 )
+from gateway.core.aio import raise_if_cancelling
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal

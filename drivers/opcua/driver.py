@@ -44,7 +44,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.events import get_filter_from_event_type
 
-from drivers.base import Availability, raise_if_cancelling
+from drivers.base import Availability
 from drivers.opcua import client as opc
 from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
@@ -59,6 +59,7 @@ from drivers.opcua.decode import (
 )
 from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
+from gateway.core.aio import raise_if_cancelling
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal

@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.core.aio import raise_if_cancelling
 from gateway.core.backoff import Backoff
 from gateway.core.config import read_secret
 from gateway.core.throttle import LogThrottle
@@ -459,11 +460,13 @@ class MqttLink:
         props.ReceiveMaximum = self.broker.receive_maximum
         try:
             while True:
+                raise_if_cancelling()
                 try:
-                    await asyncio.wait_for(
-                        self._loop.run_in_executor(None, self._connect_blocking, props), 15
-                    )
-                    await asyncio.wait_for(self.connected.wait(), 15)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can
+                    # swallow a cancellation that comes with the result.
+                    async with asyncio.timeout(15):
+                        await self._loop.run_in_executor(None, self._connect_blocking, props)
+                        await self.connected.wait()
                     self._backoff.reset()
                     await self._down.wait()
                     self.reconnects += 1
