@@ -1,7 +1,8 @@
 """What the MQTT drivers (scanners, VDA 5050 fleets) share: one broker link.
 
 Each runs its ``MqttLink`` with the ingest's log flusher beside it, is ready
-while the link is up, and keeps a message as a dead letter the same way.
+while the link is up, stops taking messages on ``pause``, and keeps a message
+as a dead letter the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ class MqttLinkDriver:
     broker: BrokerConfig
     link: MqttLink
     ingest: Ingest
+    _paused: bool
+
+    def pause(self) -> None:
+        """Stop taking messages: QoS 1 ones stay unacknowledged with the broker."""
+        self._paused = True
+
+    def _resume(self) -> None:
+        """Read the socket again after back-pressure, unless stopping."""
+        if not self._paused:
+            self.link.resume_reading()
 
     async def run(self) -> None:
         """Run the broker connection until cancelled."""

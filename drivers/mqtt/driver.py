@@ -177,14 +177,6 @@ class MqttDriver(MqttLinkDriver):
                     return candidate
         return route
 
-    def _resume(self) -> None:
-        if not self._paused:
-            self.link.resume_reading()
-
-    def pause(self) -> None:
-        """Stop taking messages: new ones stay unacknowledged with the broker."""
-        self._paused = True
-
     def _on_message(self, msg: paho.MQTTMessage, generation: int) -> None:
         if self._paused:
             return

@@ -107,14 +107,6 @@ class Vda5050Driver(MqttLinkDriver):
 
     # -- messages -------------------------------------------------------------------------
 
-    def _resume(self) -> None:
-        if not self._paused:
-            self.link.resume_reading()
-
-    def pause(self) -> None:
-        """Stop taking messages: QoS 1 ones stay unacknowledged with the broker."""
-        self._paused = True
-
     def _on_message(self, msg: paho.MQTTMessage, generation: int) -> None:
         if self._paused:
             return
