@@ -147,7 +147,7 @@ class Printer:
                "repeats": self.repeats}
         events = ", ".join(f"{t} {n}" for t, n in sorted(self.events.items()))
         dls = ", ".join(f"{k} {n}" for k, n in sorted(self.dead_letters.items()))
-        self._emit(doc, f"{device}: {stopped}: {self.signals} signal(s), "
+        self._emit(doc, f"{device}: stopped ({stopped}): {self.signals} signal(s), "
                         f"{sum(self.events.values())} event(s)"
                         f"{f' ({events})' if events else ''}, "
                         f"{sum(self.dead_letters.values())} ingest dead letter(s)"

@@ -96,8 +96,18 @@ async def dry_run(cfg: GatewayConfig, device_id: str, printer: Printer, *,
     """
     dev = find_device(cfg, device_id)
     enough = stop or asyncio.Event()
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            printer.connected(device_id)
 
     def report(obs: Observation) -> None:
+        if count is not None and printer.inputs >= count:
+            return  # the run is over: what the driver still hands over is not shown
+        announce()  # input arrives: the device answers (possibly before the next look)
         printer.observation(obs)
         if count is not None and printer.inputs >= count:
             enough.set()
@@ -119,12 +129,12 @@ async def dry_run(cfg: GatewayConfig, device_id: str, printer: Printer, *,
                 raise DeviceUnreachable(f"{device_id}: no connection within "
                                         f"{connect_timeout:g}s: {error}")
             await asyncio.sleep(_TICK_S)
-        printer.connected(device_id)
+        announce()
         end = loop.time() + duration
-        stopped = f"{duration:g}s elapsed"
+        stopped = f"--duration {duration:g}s elapsed"
         while True:
             if enough.is_set():
-                stopped = (f"{count} signal(s) received"
+                stopped = (f"--count {count} reached"
                            if count is not None and printer.inputs >= count else "interrupted")
                 break
             if task.done():
