@@ -171,7 +171,9 @@ class _Browser:
 
     async def event_types(self, root: ua.NodeId, include_standard: bool) -> list[EventTypeInfo]:
         out: list[EventTypeInfo] = []
-        todo: deque[tuple[ua.NodeId, str | None]] = deque([(root, None)])
+        above = await self.supertype(root)
+        todo: deque[tuple[ua.NodeId, str | None]] = deque(
+            [(root, None if above is None else await self.type_name(above))])
         while todo:
             type_id, parent = todo.popleft()
             name = await self.type_name(type_id)
