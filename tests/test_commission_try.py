@@ -11,6 +11,7 @@ simulator received nothing and the gateway's own broker session is as it was.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -186,4 +187,24 @@ async def test_unknown_device_lists_the_ids_and_an_unreachable_one_fails(
     assert f"plc-1: no connection within 1s: cannot connect to 127.0.0.1:{port}" in run.stderr
     run = await run_try(config, "--device", "plc-1", "--browse")
     assert run.code == 2 and "--browse is for opcua devices" in run.stderr
+    assert not (tmp_path / "store").exists()
+
+
+async def test_ctrl_c_ends_the_run_with_its_summary(tmp_path: Path) -> None:
+    async with ConveyorSimulator(count=1, tote_rate=2.0, noread_rate=0.0) as sim:
+        conv = sim.conveyors[0]
+        config = write_config(tmp_path, [gateway_device(conv.id, conv.port,
+                                                        poll_interval="100ms")])
+        proc = TryProcess(config, "--device", conv.id, "--duration", "120", "--json")
+        await proc.start()
+        try:
+            await proc.until("signal")
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGINT)
+            run = await proc.finish(within=10)
+        finally:
+            await proc.kill()
+    assert run.code == 0, run.stderr
+    (summary,) = run.of("summary")
+    assert summary["stopped"] == "interrupted" and summary["signals"] == len(run.of("signal"))
     assert not (tmp_path / "store").exists()

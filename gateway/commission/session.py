@@ -117,19 +117,21 @@ async def dry_run(cfg: GatewayConfig, device_id: str, printer: Printer, *,
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(driver.run(), name=f"try-{driver.name}")
     try:
-        up, error = False, ""
         connect_by = loop.time() + connect_timeout
-        while not up:
+        while not announced:
             up, error = _state(driver, device_id)
             if up:
                 break
+            if stop is not None and stop.is_set():
+                return "interrupted before the device answered"
             if task.done() and not task.cancelled() and task.exception() is not None:
                 error = f"driver failed: {task.exception()!r}"
-            if task.done() or loop.time() >= connect_by or enough.is_set():
+            if task.done() or loop.time() >= connect_by:
                 raise DeviceUnreachable(f"{device_id}: no connection within "
                                         f"{connect_timeout:g}s: {error}")
             await asyncio.sleep(_TICK_S)
         announce()
+        up = True
         end = loop.time() + duration
         stopped = f"--duration {duration:g}s elapsed"
         while True:
