@@ -21,7 +21,7 @@ import pytest
 from asyncua import ua
 from asyncua.server.server import Server
 from commission import run_try, write_config
-from pymodbus.server import ModbusTcpServer
+from modbus_server import SimPlc
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.broker import free_port
@@ -138,35 +138,20 @@ async def test_browse_of_a_server_that_is_not_there_fails(tmp_path: Path) -> Non
     assert "sorter-9: cannot open a session with opc.tcp://127.0.0.1:" in run.stderr
 
 
-class HolesPlc:
-    """A pymodbus server whose tables hold only some ranges: 0x02 for the rest.
+def holes_plc() -> SimPlc:
+    """A PLC whose tables hold only some ranges: 0x02 for the rest.
 
     (A ``SimData`` with a list of values holds one register per value; bits
     come 16 coils to a register.)
     """
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: ModbusTcpServer | None = None
-
-    async def start(self) -> None:
-        device = SimDevice(id=1, simdata=(
-            [SimData(0, values=[True, False, True, True], datatype=DataType.BITS)],
-            [SimData(0, count=1, values=False, datatype=DataType.BITS, readonly=True)],
-            [SimData(0, values=list(range(100, 110)), datatype=DataType.REGISTERS),
-             SimData(20, values=[7, 0xFFFF, 9], datatype=DataType.REGISTERS),
-             SimData(40, values=[42], datatype=DataType.REGISTERS)],
-            [SimData(0, values=[1, 2], datatype=DataType.REGISTERS)],
-        ))
-        server = ModbusTcpServer(device, address=("127.0.0.1", 0))
-        await server.serve_forever(background=True)
-        assert server.transport is not None
-        self.port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self._server = server
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
+    return SimPlc(SimDevice(id=1, simdata=(
+        [SimData(0, values=[True, False, True, True], datatype=DataType.BITS)],
+        [SimData(0, count=1, values=False, datatype=DataType.BITS, readonly=True)],
+        [SimData(0, values=list(range(100, 110)), datatype=DataType.REGISTERS),
+         SimData(20, values=[7, 0xFFFF, 9], datatype=DataType.REGISTERS),
+         SimData(40, values=[42], datatype=DataType.REGISTERS)],
+        [SimData(0, values=[1, 2], datatype=DataType.REGISTERS)],
+    )))
 
 
 def modbus_config(tmp_path: Path, port: int, **extra: Any) -> Path:
@@ -179,7 +164,7 @@ def modbus_config(tmp_path: Path, port: int, **extra: Any) -> Path:
 
 async def test_scan_reports_the_ranges_that_answer_with_their_values_and_the_holes(
         tmp_path: Path) -> None:
-    plc = HolesPlc()
+    plc = holes_plc()
     await plc.start()
     try:
         config = modbus_config(tmp_path, plc.port)

@@ -25,9 +25,8 @@ from typing import Any
 
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
-from gateway.core.protocols import Handoff
 from gateway.core.records import IngestDeadLetter, Record
-from gateway.ingest import DevicePipeline, IngestErrorLog
+from gateway.ingest import DevicePipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +101,13 @@ class ObservingPipeline(DevicePipeline):
     must be a ``DryRunHandoff``.
     """
 
-    def __init__(self, site: str, device: Any, committer: Handoff,
-                 errors: IngestErrorLog, driver: str) -> None:
-        if not isinstance(committer, DryRunHandoff):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Whatever DevicePipeline takes: this class only adds the reporting.
+        super().__init__(*args, **kwargs)
+        handoff = self._committer
+        if not isinstance(handoff, DryRunHandoff):
             raise TypeError("an observing pipeline hands off to a DryRunHandoff")
-        super().__init__(site, device, committer, errors, driver)
-        self._dry = committer
+        self._dry = handoff
 
     def accept(self, sig: Signal, raw: Any, ack: Callable[[], None] | None) -> None:
         """Recognize one signal (reported) and hand its records off."""
