@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -120,3 +121,7 @@ def run_try(cfg: GatewayConfig, args: argparse.Namespace) -> int:
     except DeviceUnreachable as err:
         _err(f"error: {err}")
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Later flushes must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
