@@ -10,9 +10,9 @@ to ``$WH_TEST_ARTIFACTS`` or ``tests/artifacts/`` (not committed).
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
+
+from debian import debian_tool
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless, no sandbox (root in CI), and nothing that talks to the internet.
@@ -24,19 +24,7 @@ CHROMIUM_ARGS = [
 
 def chromium_path() -> Path:
     """Debian's chromium, installed with apt first when missing (root only)."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium "
-                           "(apt-get install chromium) to run the browser tests")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=False, env=env, capture_output=True,
-                   timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env,
-                   capture_output=True, timeout=900)
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"apt-get install chromium did not provide {CHROMIUM}")
-    return CHROMIUM
+    return debian_tool(CHROMIUM, "chromium")
 
 
 def artifacts_dir() -> Path:
