@@ -307,3 +307,54 @@ class AlertBook:
 
 
 _RESERVED = frozenset({"kind", "subject", "severity", "message", "since", "event", "level"})
+
+
+# -- device clocks -------------------------------------------------------------------------
+
+#: A device clock this far (seconds) from the gateway's raises the ``clock_skew`` alert.
+CLOCK_SKEW_ALERT_S = 120.0
+#: Seconds per bucket of the skew estimate (two buckets are compared).
+CLOCK_SKEW_BUCKET_S = 60.0
+
+
+class ClockSkew:
+    """How far a device's clock is from the gateway's, robust to late input.
+
+    The offset of one input is its receive time minus the device's own time.
+    Input that waited (a broker redelivering after an outage, OPC UA history
+    read after a reconnect) only looks older, so the smallest offset of a
+    bucket of inputs is the estimate; a skew is reported only when two
+    consecutive buckets agree on it, so one burst of old input is no alert.
+    Called on the ingest path: a few comparisons per input.
+    """
+
+    __slots__ = ("_cur", "_prev", "_start")
+
+    def __init__(self) -> None:
+        self._cur: float | None = None
+        self._prev: float | None = None
+        self._start = 0.0
+
+    def observe(self, receive_time: float, source_time: float) -> None:
+        """One input's times (wall clock, seconds)."""
+        off = receive_time - source_time
+        if receive_time - self._start >= CLOCK_SKEW_BUCKET_S:
+            recent = receive_time - self._start < 2 * CLOCK_SKEW_BUCKET_S
+            self._prev = self._cur if recent else None
+            self._cur = None
+            self._start = receive_time
+        if self._cur is None or abs(off) < abs(self._cur):
+            self._cur = off
+
+    @property
+    def offset_s(self) -> float | None:
+        """The latest estimate (None before any input with a device time)."""
+        return self._cur
+
+    def skewed(self) -> float | None:
+        """The offset when both buckets put the device's clock over the limit, else None."""
+        cur, prev = self._cur, self._prev
+        if cur is None or prev is None or abs(cur) <= CLOCK_SKEW_ALERT_S \
+                or abs(prev) <= CLOCK_SKEW_ALERT_S or (cur > 0) != (prev > 0):
+            return None
+        return cur if abs(cur) < abs(prev) else prev

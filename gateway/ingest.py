@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from buffer.service import Backpressure, Committer
+from gateway.alerts import ClockSkew
 from gateway.core.alert import Alert
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
@@ -53,8 +54,6 @@ log = structlog.get_logger(__name__)
 LOG_INTERVAL_S = 60.0
 #: Vehicles named in an alert line.
 _ALERT_NAMES = 5
-#: A device clock this far (seconds) from the gateway's raises the ``clock_skew`` alert.
-CLOCK_SKEW_ALERT_S = 120.0
 
 
 class IngestErrorLog:
@@ -308,14 +307,14 @@ class DevicePipeline:
         self.inputs_seen = 0
         #: Events recognized (before the store drops repeats), since start.
         self.events = 0
-        #: Receive time minus the device's own time of the latest input that had one.
-        self.clock_offset_s: float | None = None
+        #: How far the device's own clock is from the gateway's.
+        self.clock = ClockSkew()
 
     def _observe(self, sig: Signal, records: Sequence[Record]) -> None:
         self.inputs_seen += 1
         self.events += len(records)
         if sig.source_time is not None:
-            self.clock_offset_s = sig.receive_time - sig.source_time
+            self.clock.observe(sig.receive_time, sig.source_time)
 
     def bind(self, describe: Describe, *, on_saturated: Callable[[], None] | None = None,
              on_refused: Callable[[], None] | None = None) -> None:
@@ -428,15 +427,15 @@ class DevicePipeline:
         figures["ingest_errors"] = self.errors.for_device(self.device)
         figures["inputs"] = self.inputs_seen
         figures["events"] = self.events
-        off = self.clock_offset_s
+        off = self.clock.offset_s
         figures["clock_offset_s"] = None if off is None else round(off, 3)
         return figures
 
     def alerts(self) -> list[Alert]:
         """What the recognizer has seen that a site engineer should see now."""
         out = [] if self.spec.alerts is None else self.spec.alerts(self.device, self.recognizer)
-        off = self.clock_offset_s
-        if off is not None and abs(off) > CLOCK_SKEW_ALERT_S:
+        off = self.clock.skewed()
+        if off is not None:
             ahead = "behind" if off > 0 else "ahead of"
             out.append(Alert("clock_skew", f"device:{self.device}",
                              f"device {self.device}'s clock is {abs(off):.0f} s {ahead} the "

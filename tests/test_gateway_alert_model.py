@@ -296,3 +296,25 @@ def test_metrics_name_sink_state_codes_ages_devices_build_and_start() -> None:
         assert line in text.splitlines(), line
     assert "wh_build_info{version=" in text
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_clock_skew_needs_two_buckets_agreeing_and_ignores_late_input() -> None:
+    from gateway.alerts import CLOCK_SKEW_BUCKET_S, ClockSkew
+
+    late = ClockSkew()
+    t = 10_000.0
+    for i in range(50):  # a broker redelivers 10-minute-old reads after an outage
+        late.observe(t + i * 0.01, t - 600 + i * 0.01)
+    for i in range(5):  # then live reads, on time
+        late.observe(t + 30 + i, t + 30 + i - 0.05)
+    late.observe(t + CLOCK_SKEW_BUCKET_S + 1, t + CLOCK_SKEW_BUCKET_S + 0.9)
+    assert late.skewed() is None and late.offset_s == pytest.approx(0.1)
+
+    behind = ClockSkew()
+    for i in range(0, 200, 10):  # a device whose clock is 5 min behind, for 3 minutes
+        behind.observe(t + i, t + i - 300)
+    assert behind.skewed() == pytest.approx(300.0)
+    quiet = ClockSkew()
+    quiet.observe(t, t - 300)  # one old message, then silence: no alert
+    quiet.observe(t + 5 * CLOCK_SKEW_BUCKET_S, t + 5 * CLOCK_SKEW_BUCKET_S - 300)
+    assert quiet.skewed() is None
