@@ -100,7 +100,7 @@ def test_rejection_watch_refuses_a_nonsense_window() -> None:
         RejectionWatch(window_s=0)
 
 
-@pytest.mark.parametrize("module", ["status.py", "metrics.py"])
+@pytest.mark.parametrize("module", ["status.py", "metrics.py", "status_page.py"])
 def test_presentation_does_not_import_the_process(module: str) -> None:
     tree = ast.parse((ROOT / "gateway" / module).read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -247,3 +247,33 @@ async def test_snapshot_is_typed_and_api_keeps_its_keys(
         assert key in sink, key
     assert doc["committer"]["full"] is False
     assert doc["tasks"]["status"]["state"] == "running"
+
+
+async def test_page_files_history_and_metrics_content_type(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    gw = Gateway(config(tmp_path, broker))
+    base = f"http://127.0.0.1:{gw.cfg.status.port}"
+    async with running(gw), aiohttp.ClientSession() as s:
+        for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"),
+                           ("/static/status.css", "text/css"),
+                           ("/favicon.ico", "image/svg+xml")):
+            async with s.get(base + path) as r:
+                assert (r.status, r.content_type) == (200, kind), path
+                assert len(await r.read()) > 100
+        page = await get(gw, "/")
+        assert "http://" not in page and "https://" not in page  # nothing from outside
+        async with s.get(base + "/static/../app.py") as r:
+            assert r.status == 404
+        async with s.get(base + "/static/secret.txt") as r:
+            assert r.status == 404
+        async with s.get(base + "/metrics") as r:
+            assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        # Nothing to deliver yet: no alert, and a history of zero rates to draw.
+        await wait_until(lambda: len(gw.history) >= 3, 15, "three history samples")
+        doc = json.loads(await get(gw, "/api/history"))
+        assert doc["interval_s"] == 2.0 and len(doc["t"]) >= 2
+        assert set(doc["sinks"]) == {"wms"} and len(doc["sinks"]["wms"]["backlog"]) == len(doc["t"])
+        status = json.loads(await get(gw, "/api/status"))
+    assert status["summary"]["state"] == "ok" and status["alerts"] == []
+    assert status["sinks"]["wms"]["rate_out_per_s"] == 0.0
