@@ -142,3 +142,41 @@ async def test_json_device_business_fields_typed_and_mapping_health(
         assert json.loads(base64.b64decode(raw["body_b64"]))["item"]["uom"] == "PAL"
         assert raw["context"] == {"point": "message", "field": "item.uom", "value": "'PAL'"}
         assert await asyncio.to_thread(gw.stop) == 0
+
+
+def _normal(event: dict[str, Any]) -> str:
+    """An event without what differs between two devices reading one server."""
+    data = {k: v for k, v in event["data"].items() if k != "sorter"}
+    return json.dumps([event["type"], event["occurred_at"], event["correlation_id"],
+                       event["priority"], data], sort_keys=True)
+
+
+async def test_sorter_preset_on_the_real_server_makes_the_built_in_events(
+        tmp_path: Path, wms: WmsSimulator) -> None:
+    """One sorter simulator, read by a built-in device and by a ``preset = "sorter"`` one."""
+    from test_gateway_e2e_opcua import device, expected_ids, gateway, scans_logged
+
+    from simulators.harness.sorter import SorterProcess
+
+    routes = ["move", "scan", "exception", "device_status", "telemetry"]
+    with SorterProcess(tmp_path / "sorter", rate=100, total=80, seed=11) as sorter:
+        await asyncio.to_thread(sorter.start)
+        devices = [device(sorter.endpoint, "sorter-1", induct="INDUCT-1"),
+                   device(sorter.endpoint, "sorter-2", induct="INDUCT-1", preset="sorter")]
+        with gateway(tmp_path, wms, devices, routes) as gw:
+            await start(gw)
+            await wait_until(lambda: scans_logged(sorter) == 80, 20, "80 items logged")
+            log = sorter.read_log()
+            want = expected_ids(log, "sorter-1") | expected_ids(log, "sorter-2")
+            await wait_until(lambda: wms.accepted_ids() >= want, 20, "every confirm and scan")
+            await delivered(gw)
+            by_device: dict[str, list[str]] = {"sorter-1": [], "sorter-2": []}
+            for rec in wms.events:
+                if rec["event"]["type"] in ("move", "scan", "exception"):
+                    by_device[rec["event"]["device"]].append(_normal(rec["event"]))
+            assert sorted(by_device["sorter-1"]) == sorted(by_device["sorter-2"])
+            assert len(by_device["sorter-2"]) == len(expected_ids(log, "sorter-2"))
+            status = gw.status()["devices"]
+            assert status["sorter-2"]["mapping"]["dead_letters"] == {}
+            assert status["sorter-2"]["ingest_errors"] == {} == status["sorter-1"]["ingest_errors"]
+            assert status["sorter-2"]["mapping"]["events"] >= len(by_device["sorter-2"])
