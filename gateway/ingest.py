@@ -400,6 +400,11 @@ class DevicePipeline:
         """True while the store holds the committer back (stop reading the source)."""
         return self._committer.saturated
 
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The fields of ``point``'s events the recognizer reads (``None``: every field)."""
+        own = getattr(self.recognizer, "event_fields", None)
+        return None if own is None else own(point)
+
     def source_key(self, sig: Signal) -> str:
         """The source key the recognizer derives for ``sig`` (to drop re-read input)."""
         if self.spec.source_key is None:

@@ -181,7 +181,9 @@ def event_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime):
-        return None if epoch(value) is None else value.replace(tzinfo=UTC).isoformat()
+        if value.tzinfo is None:  # UA DateTimes are naive UTC; 1601 is "no time"
+            return None if value <= _NO_TIME else value.isoformat() + "+00:00"
+        return value.isoformat()
     if isinstance(value, ua.LocalizedText):
         return value.Text
     if isinstance(value, bytes | bytearray):
@@ -202,6 +204,18 @@ def event_value(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: event_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return str(value)
+
+
+def select_fields(evfilter: ua.EventFilter, wanted: frozenset[str] | None) -> None:
+    """Keep only the select clauses a mapping reads (by path, browse name or first element)."""
+    if wanted is None:
+        return
+    kept = []
+    for clause in evfilter.SelectClauses:
+        names = [q.Name for q in clause.BrowsePath]
+        if not names or "/".join(names) in wanted or names[-1] in wanted or names[0] in wanted:
+            kept.append(clause)
+    evfilter.SelectClauses = kept
 
 
 def field_paths(select_clauses: Sequence[ua.SimpleAttributeOperand]) -> list[str]:

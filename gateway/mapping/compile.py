@@ -46,8 +46,11 @@ class Ctx:
         self.params = params
         self.occurred = occurred
         self.source = source
-        self.extra = extra or {}
+        self.extra = _NO_EXTRA if extra is None else extra
         self.data: dict[str, Any] = {}
+
+
+_NO_EXTRA: Mapping[str, Any] = {}
 
 
 Getter = Callable[[Ctx], Any]
@@ -295,6 +298,16 @@ def value_fn(spec: ValueSpec, name: str) -> Value:
             return coerce(v, label)
         return v
 
+    if source is not None and not mapped and coerce is not None and not has_default \
+            and not required and not lenient:
+        # A typed field, nothing else to decide.
+        def typed(ctx: Ctx) -> Any:
+            v = source(ctx)
+            if v is MISSING:
+                return None
+            return coerce(v, label)
+
+        return typed
     if source is not None and not mapped and coerce is None and not has_default \
             and not required:
         # The common pass-through field: no checks to run.

@@ -415,6 +415,10 @@ class MappingRecognizer:
         """Points the mapping reads by name (a poller may skip the others)."""
         return self.mapping.watched()
 
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The event fields the rules for ``point`` read (``None``: all)."""
+        return self.mapping.event_fields(point)
+
     def bind_dead_letters(self, fn: DeadLetterFn) -> None:
         """Make dead letters with ``fn`` (the pipeline's: counted and logged per device)."""
         self._dead_letter = fn
