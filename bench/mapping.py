@@ -212,7 +212,7 @@ def _opcua_run(workdir: Path, mapped: bool, rate: float, seconds: float,
     return made / (t1 - t0), (c1 - c0) * 1e6 / made
 
 
-def measure(workdir: Path, *, rounds: int = 2, opcua_rate: float = 1500.0,
+def measure(workdir: Path, *, rounds: int = 2, opcua_rate: float = 2500.0,
             seconds: float = 8.0, warmup: float = 3.0, modbus: bool = True,
             **_: Any) -> dict[str, float | int]:
     """Every figure of the module doc."""
