@@ -440,11 +440,7 @@ class MappingRecognizer:
         if not isinstance(value, dict):
             self.values[sig.point] = value
         out: list[Record] = []
-        rules = self._rules_for.get(sig.point)
-        if rules is None:
-            rules = self._match(sig.point)
-        if rules:
-            self._apply(sig, rules, out)
+        self._rules(sig, out)
         if self._stepped:
             self._step({sig.point: sig}, sig.receive_time, out)
         return out
@@ -459,11 +455,7 @@ class MappingRecognizer:
             batch[sig.point] = sig
         out: list[Record] = []
         for sig in signals:
-            rules = self._rules_for.get(sig.point)
-            if rules is None:
-                rules = self._match(sig.point)
-            if rules:
-                self._apply(sig, rules, out)
+            self._rules(sig, out)
         if self._stepped:
             self._step(batch, receive_time, out)
         return out
@@ -475,10 +467,7 @@ class MappingRecognizer:
         signal; a signal the mapping rejects keys on its raw sample's digest.
         """
         out: list[Record] = []
-        rules = self._rules_for.get(sig.point)
-        if rules is None:
-            rules = self._match(sig.point)
-        key = self._apply(sig, rules, out) if rules else None
+        key = self._rules(sig, out)
         if self._stepped and not isinstance(sig.value, dict):
             self.values[sig.point] = sig.value
             self._step({sig.point: sig}, sig.receive_time, out)
@@ -488,6 +477,13 @@ class MappingRecognizer:
             key = "rejected:" + sha1(_sample(sig.value), usedforsecurity=False).hexdigest()
         self._pending = (sig, out, key)
         return key
+
+    def _rules(self, sig: Signal, out: list[Record]) -> str | None:
+        """Apply the first rule for ``sig`` (none for its point: nothing); its source key."""
+        rules = self._rules_for.get(sig.point)
+        if rules is None:
+            rules = self._match(sig.point)
+        return self._apply(sig, rules, out) if rules else None
 
     def _match(self, point: str) -> list[_Rule]:
         rules = [r for r in self.rules if r.matches(point)]
