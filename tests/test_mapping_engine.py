@@ -332,6 +332,19 @@ def test_tracking_group() -> None:
     assert poll(rec, 4, trk_seq=0) == []  # an empty group
 
 
+def test_one_move_a_mapping_rejects_does_not_stop_the_others() -> None:
+    rec = engine(TRACKING.replace(', default = "UNKNOWN"', '') % (
+        "r{i}.seq", 2, "r{i}.tote", "r{i}.to"))
+    out = rec.feed_poll([Signal(DEV, "boot", 1, T0), Signal(DEV, "r0.seq", 1, T0),
+                         Signal(DEV, "r0.to", 9, T0), Signal(DEV, "r1.seq", 2, T0),
+                         Signal(DEV, "r1.to", 5, T0), Signal(DEV, "r1.tote", "B", T0)], T0)
+    assert [type(r).__name__ for r in out] == ["IngestDeadLetter", "Event"]
+    dl = out[0]
+    assert isinstance(dl, IngestDeadLetter)
+    assert json.loads(dl.payload) == {"r0.seq": 1, "boot": 1, "r0.tote": None, "r0.to": 9,
+                                      "$tracking_seq": 1}
+
+
 def test_tracking_ring() -> None:
     rec = engine(TRACKING % ("r{i}.seq", 3, "r{i}.tote", "r{i}.to"))
     vals = {"boot": 1, "r0.seq": 4, "r0.tote": "A", "r1.seq": 5, "r1.tote": "B",
@@ -404,7 +417,7 @@ def test_a_trigger_that_cannot_make_its_event_is_a_dead_letter_with_its_inputs()
     out = rec.feed_poll([Signal(DEV, "f", 1, T0 + 1)], T0 + 1)
     dl = dead(out)
     assert dl.reason == "unmapped_value: field 'code' value 2 is not mapped"
-    assert json.loads(dl.payload) == {"f": 1}
+    assert json.loads(dl.payload) == {"f": 1, "code": 2, "$edge": "rising"}
 
 
 # -- telemetry ---------------------------------------------------------------------------
@@ -614,3 +627,18 @@ def test_the_documented_examples_are_working_configs_and_in_the_docs() -> None:
 
     for name in PRESETS:
         assert preset_text(name).rstrip("\n") in text, f"preset {name} differs from mapping.md"
+
+
+def test_a_rule_on_one_point_reads_the_current_value_of_another() -> None:
+    m = mapping("""
+        [[events]]
+        on = "door"
+        type = "exception"
+        key = "door:{$time_ms}"
+        data = { state = "door", zone = "zone" }
+    """)
+    assert {"door", "zone"} <= m.watched()  # a poller delivers both
+    rec = MappingRecognizer(SITE, DEV, m)
+    rec.feed_poll([Signal(DEV, "zone", 4, T0)], T0)
+    ev = events(rec.feed_poll([Signal(DEV, "door", True, T0 + 1)], T0 + 1))
+    assert ev[0]["data"] == {"state": True, "zone": 4}

@@ -438,6 +438,8 @@ class MappingConfig(Model):
         names.update(t.point for t in self.telemetry)
         for rule in self.events:
             names.update(r for r in rule.on if "*" not in r and "?" not in r)
+            # A rule may read other points' current values by name.
+            names.update(r for r in rule.references() if not r.startswith("$"))
         return frozenset(names)
 
     def event_fields(self, point: str) -> frozenset[str] | None:

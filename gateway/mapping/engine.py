@@ -74,8 +74,8 @@ def _sample(value: Any) -> bytes:
 class _Maker:
     """Makes one event from a context: data, type, key, correlation (compiled)."""
 
-    __slots__ = ("corr", "data", "device", "key", "key_text", "priority", "site", "type_const",
-                 "type_fn")
+    __slots__ = ("corr", "data", "device", "key", "key_text", "priority", "reads", "site",
+                 "type_const", "type_fn")
 
     def __init__(self, site: str, device: str, rule: _Emits,
                  sub: Callable[[str], str] = lambda r: r) -> None:
@@ -89,6 +89,9 @@ class _Maker:
         self.key_text = " | ".join(rule.key)
         self.corr = None if rule.correlation is None else templates_fn(rule.correlation)
         self.priority = None if rule.priority is None else _PRIORITIES[rule.priority]
+        #: The source fields it reads (a dead letter's sample, for triggers).
+        self.reads = list(dict.fromkeys(
+            sub(r) for r in rule.references() if not r.startswith("$")))
 
     def make(self, ctx: Ctx) -> tuple[Event, str]:
         """The event and its source key (``Reject`` when the mapping cannot make it)."""
@@ -527,11 +530,7 @@ class MappingRecognizer:
     def _step(self, batch: Mapping[str, Signal], t: float, out: list[Record]) -> None:
         for trig in self.triggers:
             if not trig.inputs.isdisjoint(batch):
-                try:
-                    trig.step(self, batch, t, out)
-                except Reject as err:
-                    out.append(self._reject(err, trig.point, {
-                        p: self.values.get(p) for p in sorted(trig.inputs)}))
+                trig.step(self, batch, t, out)
         for tp in self.telemetry:
             v = self.values.get(tp.point)
             if v is None:
@@ -553,14 +552,22 @@ class MappingRecognizer:
 
     def emit_trigger(self, maker: _Maker, point: str, batch: Mapping[str, Signal], t: float,
                      extra: dict[str, Any], out: list[Record]) -> None:
-        """Make one trigger event (``Reject`` propagates to ``_step``)."""
+        """Make one trigger event, or its dead letter (the trigger's other events go on)."""
         sig = batch.get(point)
+        values = self.values
         if sig is None:
-            sig = Signal(self.device, point, self.values.get(point), t)
+            sig = Signal(self.device, point, values.get(point), t)
         source = sig.source_time
-        ctx = Ctx(sig, None, self.values, self.params,
+        ctx = Ctx(sig, None, values, self.params,
                   source if source is not None else t, source, extra)
-        event, _ = maker.make(ctx)
+        try:
+            event, _ = maker.make(ctx)
+        except Reject as err:
+            sample = {p: values.get(p) for p in dict.fromkeys([point, *maker.reads])}
+            out.append(self._reject(err, point, {**sample, **{
+                k: v for k, v in extra.items() if k in ("$count", "$tracking_seq", "$edge",
+                                                        "$state")}}))
+            return
         self.health.made(event.type)
         out.append(event)
 
