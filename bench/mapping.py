@@ -249,9 +249,9 @@ def measure(workdir: Path, *, rounds: int = 3, opcua_rate: float = 2500.0,
 
         figures["modbus_points_per_s_built_in"] = round(med(False, "modbus_points_per_s"))
         figures["mapped_modbus_points_per_s"] = round(med(True, "modbus_points_per_s"))
-        figures["modbus_gateway_cpu_pct_built_in"] = med(False, "modbus_gateway_cpu_pct")
-        figures["mapped_modbus_gateway_cpu_pct"] = med(True, "modbus_gateway_cpu_pct")
-        figures["mapped_modbus_events_per_s"] = med(True, "modbus_events_per_s")
+        figures["modbus_gateway_cpu_pct_built_in"] = round(med(False, "modbus_gateway_cpu_pct"), 1)
+        figures["mapped_modbus_gateway_cpu_pct"] = round(med(True, "modbus_gateway_cpu_pct"), 1)
+        figures["mapped_modbus_events_per_s"] = round(med(True, "modbus_events_per_s"), 1)
     return figures
 
 

@@ -167,6 +167,9 @@ def quality(status: ua.StatusCode | None) -> str:
     return "good" if severity == 0 else ("uncertain" if severity == 1 else "bad")
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def event_value(value: Any) -> Any:
     """Any event field as something a mapping (and the event JSON) can carry; never raises.
 
@@ -237,10 +240,13 @@ def event_signal(device: str, point: str, fields: dict[str, Any], receive_time: 
     The source time is the event's ``Time``.
     """
     doc: dict[str, Any] = {}
+    nested = False
     for path, raw in fields.items():
-        doc[path] = event_value(raw)
-    for path, v in list(doc.items()):
-        if "/" in path:
-            doc.setdefault(path.rsplit("/", 1)[1], v)
+        doc[path] = raw if type(raw) in _PLAIN else event_value(raw)
+        nested = nested or "/" in path
+    if nested:
+        for path, v in list(doc.items()):
+            if "/" in path:
+                doc.setdefault(path.rsplit("/", 1)[1], v)
     return Signal(device=device, point=point, value=doc, receive_time=receive_time,
                   source_time=epoch(fields.get("Time")), attrs=attrs)
