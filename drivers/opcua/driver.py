@@ -50,12 +50,15 @@ from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
     divert_signal,
     epoch,
+    event_signal,
     event_types,
     field_names,
+    field_paths,
     json_value,
     micros,
     quality,
     scan_signal,
+    select_fields,
 )
 from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
@@ -241,14 +244,18 @@ class OpcuaDriver:
     async def _prepare(self, client: Client) -> None:
         """Resolve node ids and build the event filters from the server's types."""
         namespaces = await client.get_namespace_array()
-        if any(r.cfg.kind == "scan" for r in self._events):
+        generic = self.device.generic_signals
+        if generic or any(r.cfg.kind == "scan" for r in self._events):
             # ScanResult is a structure: its decoder comes from the server's description.
             await client.load_data_type_definitions()
         for route in self._events:
             route.source = parse_node_id(route.cfg.source, namespaces)
             etype = client.get_node(parse_node_id(route.cfg.type, namespaces))
             route.filter = await get_filter_from_event_type([etype])
-            route.names = field_names(route.filter.SelectClauses)
+            if generic:  # only the fields the mapping reads travel and get decoded
+                select_fields(route.filter, self.pipe.event_fields(
+                    route.cfg.point or route.cfg.kind))
+            route.names = (field_paths if generic else field_names)(route.filter.SelectClauses)
             route.types = event_types(route.filter)
             for needed in ("Time",):
                 if needed not in route.names:
@@ -426,7 +433,10 @@ class OpcuaDriver:
             if not route.catching_up and route.synced_until is not None:
                 route.synced_until = time_s
         try:
-            if route.cfg.kind == "divert_confirm":
+            if self.device.generic_signals:
+                sig = event_signal(self.device.id, route.cfg.point or route.cfg.kind, fields, now,
+                                   {"source": route.cfg.source, "event_type": route.cfg.type})
+            elif route.cfg.kind == "divert_confirm":
                 sig = divert_signal(self.device.id, fields, now)
             else:
                 sig = scan_signal(self.device.id, fields, now)

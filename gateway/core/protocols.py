@@ -121,6 +121,10 @@ class DeviceIngest(Protocol):
     #: The points the recognizer reads (``None``: every point).
     inputs: frozenset[str] | None
 
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The fields of ``point``'s events its recognizer reads (``None``: every field)."""
+        ...
+
     def bind(self, describe: Describe, *, on_saturated: Callable[[], None] | None = None,
              on_refused: Callable[[], None] | None = None) -> None:
         """Set how to describe raw input, and what to do when the store holds back."""
