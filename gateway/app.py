@@ -22,8 +22,9 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,7 +35,6 @@ from gateway.alerts import RejectionWatch
 from gateway.build import build_drivers, build_sinks
 from gateway.config import GatewayConfig
 from gateway.core.protocols import Driver, Sink
-from gateway.core.records import DeadLetter
 from gateway.core.snapshot import (
     CommitterSnapshot,
     DeviceSnapshot,
@@ -46,6 +46,8 @@ from gateway.core.snapshot import (
 )
 from gateway.forwarder import Forwarder
 from gateway.supervisor import Supervisor, describe
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +121,8 @@ class Gateway:
         return Store(s.path, max_bytes=s.max_bytes, synchronous=s.synchronous,
                      retention_s=s.retention, dead_letter_max_bytes=s.dead_letter_max_bytes,
                      dead_letter_payload_bytes=s.dead_letter_payload_bytes,
-                     min_free_bytes=s.min_free_bytes, reserve_bytes=s.reserve_bytes)
+                     min_free_bytes=s.min_free_bytes, reserve_bytes=s.reserve_bytes,
+                     archive_retention_s=s.discarded_retention)
 
     def stop(self) -> None:
         """Ask the gateway to shut down (idempotent, callable from signal handlers)."""
@@ -341,22 +344,17 @@ class Gateway:
                 counts[dev_id] = (dev.messages, dev.rejected)
         self.rejections.observe(counts)
 
-    async def dead_letters(self, *, sink: str | None, kind: str | None, limit: int,
-                           after_id: int) -> list[DeadLetter]:
-        """Dead letters after ``after_id``, oldest first (for the status API)."""
-        store = self.service.store
-        return await self.service.call(store.dead_letters, sink=sink, kind=kind, limit=limit,
-                                       after_id=after_id)
+    async def with_store(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the store's thread (the status server's operator routes)."""
+        return await self.service.call(fn, self.service.store)
 
-    async def replay_dead_letters(self, ids: list[int]) -> int:
-        """Re-queue sink dead letters and wake the forwarders; raises ``StoreError``."""
-        n = await self.service.call(self.service.store.replay, ids)
+    def sink_routes(self) -> dict[str, frozenset[str] | None]:
+        """Each sink's event types (``None``: all)."""
+        return {s.id: s.routes for s in self.sinks}
+
+    def wake_forwarders(self) -> None:
+        """New rows are in the store (a replay): wake the forwarders."""
         self.service.notify()
-        return n
-
-    async def discard_dead_letters(self, ids: list[int]) -> int:
-        """Delete dead letters for good."""
-        return await self.service.call(self.service.store.discard, ids)
 
 
 def _failed(err: Exception) -> GatewayFailed:

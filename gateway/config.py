@@ -84,6 +84,8 @@ class StoreConfig(Model):
     min_free_bytes: ByteSizeOrZero = 64 * 1024**2
     #: Size of ``<path>.reserve``, kept free for cursor moves (0: no reserve).
     reserve_bytes: ByteSizeOrZero = 8 * 1024**2
+    #: How long discarded dead letters are kept in the archive before deletion.
+    discarded_retention: PositiveDuration = 30 * 86400.0
 
 
 #: The device plugin registry: ``driver`` picks the model (and the driver).
