@@ -542,6 +542,13 @@ class Store:
         finally:
             self._conn.execute("COMMIT")
 
+    def stored_events(self, *, after: int, device: str | None = None, type: str | None = None,
+                      container: str | None = None, limit: int = 1000, newest: bool = False
+                      ) -> tuple[list[tuple[Any, ...]], int]:
+        """Stored events after ``after`` matching the filters (``buffer.trace``)."""
+        return trace.stored_events(self._conn, after=after, device=device, type=type,
+                                   container=container, limit=limit, newest=newest)
+
     def container_trace(self, container: str, *,
                         routes: Mapping[str, frozenset[str] | None] | None = None,
                         limit: int = 100) -> dict[str, Any]:

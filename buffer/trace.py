@@ -101,3 +101,36 @@ def _event(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def stored_events(conn: sqlite3.Connection, *, after: int, device: str | None = None,
+                  type: str | None = None, container: str | None = None, limit: int = 1000,
+                  newest: bool = False) -> tuple[list[tuple[Any, ...]], int]:
+    """Stored events with ``seq > after`` matching the filters, and the ``seq`` scanned to.
+
+    Rows are ``(seq, created, type, device, body)`` in ``seq`` order: the
+    first ``limit`` (or, with ``newest``, the last ``limit``). The second
+    value is the ``after`` of the next call (it covers rows that did not match).
+    """
+    where, args = "seq > ? AND seq <= ?", list[Any]([after])
+    for column, value in (("device", device), ("type", type)):
+        if value:
+            where += f" AND {column} = ?"
+            args.append(value)
+    if container:
+        where += " AND instr(body, ?) > 0"
+        args.append(json.dumps(container, ensure_ascii=False).encode())
+    conn.execute("BEGIN")
+    try:
+        top = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        args.insert(1, top)
+        order = "DESC" if newest else ""
+        rows = conn.execute(f"SELECT seq, created, type, device, body FROM events WHERE {where}"
+                            f" ORDER BY seq {order} LIMIT ?", [*args, limit]).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    if newest:
+        rows.reverse()
+        return rows, max(top, after)
+    scanned = rows[-1][0] if len(rows) == limit else max(top, after)
+    return rows, scanned

@@ -34,6 +34,7 @@ from gateway.core.config import (
     resolve_path,
 )
 from gateway.core.events import EVENT_TYPES
+from gateway.core.suggest import nearest_key
 from gateway.transport.config import BrokerConfig
 
 if TYPE_CHECKING:
@@ -286,6 +287,9 @@ def _format(err: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not part of the configuration schema)"
+            hint = nearest_key(GatewayConfig, tuple(e["loc"]))
+            if hint is not None:
+                msg += f"; did you mean {hint!r}?"
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
