@@ -110,8 +110,11 @@ def report(conn: sqlite3.Connection, day: str,
         rows.append({
             "type": type_,
             "accepted": accepted.get(type_, 0),
+            # A sink that does not receive the type is left out (unless it counted some).
             "sinks": {s: cells.get(s, dict.fromkeys(SINK_COUNTS, 0))
-                      for s in sorted(set(sinks) | set(cells))},
+                      for s in sorted(set(sinks) | set(cells))
+                      if s in cells or routes is None or routes.get(s) is None
+                      or type_ in routes[s]},
         })
     totals = {"accepted": sum(accepted.values()), "ingest_dead_letters": ingest}
     for name in SINK_COUNTS:

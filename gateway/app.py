@@ -269,15 +269,28 @@ class Gateway:
             await asyncio.sleep(0.2)
 
     async def _refresh_stats(self) -> None:
+        trail = await self.service.call(self.service.store.audit_trail, limit=1)
+        audit_seen = int(trail[0]["id"]) if trail else 0
         while True:
             store = self.service.store
             if await self.service.call(store.refresh_if_changed_elsewhere):
                 self.service.space_freed.set()  # an operator freed or added rows
                 self.service.notify()
+                audit_seen = await self._log_operator_actions(audit_seen)
             self.store_stats = await self.service.call(store.stats)
             self._observe_rejections()
             self.supervisor.flush_logs()
             await asyncio.sleep(STATS_REFRESH_S)
+
+    async def _log_operator_actions(self, seen: int) -> int:
+        """Log replays and discards another process (the CLI) wrote to the audit trail."""
+        rows = await self.service.call(self.service.store.audit_trail, limit=100)
+        for r in reversed([r for r in rows if r["id"] > seen]):
+            if r["via"] not in ("api", "page"):  # those were logged as they happened
+                log.info("operator_action", action=r["action"], who=r["who"], via=r["via"],
+                         count=r["count"], audit_id=r["id"], filter=r["filter"],
+                         ids=r["ids"][:20])
+        return max([seen, *(int(r["id"]) for r in rows)])
 
     def snapshot(self) -> GatewaySnapshot:
         """Everything the status page and metrics show, as components publish it."""
