@@ -113,13 +113,18 @@ def report(conn: sqlite3.Connection, day: str,
             # A sink that does not receive the type is left out (unless it counted some).
             "sinks": {s: cells.get(s, dict.fromkeys(SINK_COUNTS, 0))
                       for s in sorted(set(sinks) | set(cells))
-                      if s in cells or routes is None or routes.get(s) is None
-                      or type_ in routes[s]},
+                      if s in cells or _receives(routes, s, type_)},
         })
     totals = {"accepted": sum(accepted.values()), "ingest_dead_letters": ingest}
     for name in SINK_COUNTS:
         totals[name] = sum(c[name] for cells in per.values() for c in cells.values())
     return {"day": day, "sinks": sinks, "types": rows, "totals": totals}
+
+
+def _receives(routes: Mapping[str, frozenset[str] | None] | None, sink: str,
+              type_: str) -> bool:
+    wanted = None if routes is None else routes.get(sink)
+    return wanted is None or type_ in wanted
 
 
 def report_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ audit trail in the store, with the token's name (``gateway.ops.auth``).
 ``GET /api/dead-letters/count`` (same filter as the listing),
 ``GET /api/audit``, ``GET /api/reconciliation?day=YYYY-MM-DD[&format=csv]``,
 ``GET /api/containers/{id}`` and ``GET /api/auth`` (who a token is) complete
-it; ``/static/ops.js`` is the page's panel for all of these.
+it; ``/ops/panel.js`` (``gateway/static/ops.js``) is the page's panel for them.
 """
 
 from __future__ import annotations
@@ -252,4 +252,4 @@ def add_routes(app: web.Application, source: OpsSource, cfg: StatusConfig) -> No
     app.router.add_get("/api/reconciliation", reconciliation)
     app.router.add_get("/api/containers/{id}", container)
     app.router.add_get("/api/auth", whoami)
-    app.router.add_get("/static/ops.js", panel_script)
+    app.router.add_get("/ops/panel.js", panel_script)
