@@ -100,7 +100,9 @@ async def test_dead_letters_replay_discard_audit_and_reconciliation(
                                                                "filter": {"colour": "red"}}, BOB)
             assert status == 400 and "colour" in text
             assert (await asyncio.to_thread(call, f"{base}/api/auth", None, ALICE)) == (
-                200, {"who": "alice"})
+                200, {"who": "alice", "enabled": True})
+            assert (await asyncio.to_thread(call, f"{base}/api/auth", None, "nope")) == (
+                200, {"who": None, "enabled": True})
 
             # The WMS takes them now: replay three by id (from the page), then all the rest.
             await wms.update_faults({"reject_pattern": None})

@@ -230,8 +230,19 @@ async def container(request: web.Request) -> web.Response:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    """The name of the token sent (the page's login), 401 when it is wrong."""
-    return web.json_response({"who": authorize(request, request.app[OPS_CONFIG_KEY])})
+    """Who the token sent is (the page's login): ``{"who": NAME | null, "enabled": bool}``.
+
+    Always 200 (a wrong token is ``who: null``), so a login attempt is not a
+    failed request; ``enabled`` is false when no ``status.token_file`` is set.
+    """
+    cfg = request.app[OPS_CONFIG_KEY]
+    if cfg.token_file is None:
+        return web.json_response({"who": None, "enabled": False})
+    try:
+        who: str | None = authorize(request, cfg)
+    except web.HTTPUnauthorized:
+        who = None
+    return web.json_response({"who": who, "enabled": True})
 
 
 async def panel_script(request: web.Request) -> web.Response:

@@ -37,10 +37,12 @@
   }
   async function login(token) {
     const r = await fetch("api/auth", {headers: {Authorization: `Bearer ${token}`}});
-    if (!r.ok) throw new Error(r.status === 403 ? "replay and discard are disabled: no " +
-      "status.token_file is configured" : "wrong token");
+    const doc = r.ok ? await r.json() : {};
+    if (doc.enabled === false) throw new Error("replay and discard are disabled: no " +
+      "status.token_file is configured");
+    if (!doc.who) throw new Error("wrong token");
     auth.token = token;
-    auth.who = (await r.json()).who;
+    auth.who = doc.who;
     sessionStorage.setItem(TOKEN_KEY, token);
   }
   function logout() {
@@ -240,11 +242,15 @@
   const VIEWS = {"dead-letters": deadLetterView, reconciliation: reconciliationView,
                  containers: containerView};
   function mount(name, el) {
-    if (!el.opsRefresh) { el.opsRefresh = VIEWS[name](el); el.dataset.filled = "1"; }
+    // Built once (inputs and selections survive the refreshes); again if something else
+    // replaced the view's content (e.g. a "could not load" line).
+    if (!el.opsRefresh || !el.querySelector("form")) {
+      el.opsRefresh = VIEWS[name](el); el.dataset.filled = "1";
+    }
     return el.opsRefresh();
   }
   const style = document.createElement("style");
-  style.textContent = `.ops-filters,.ops-actions,.ops-login{display:flex;flex-wrap:wrap;gap:.3rem .6rem;
+  style.textContent = `#ops-panel .scroll{overflow-x:auto;max-width:100%}.ops-filters,.ops-actions,.ops-login{display:flex;flex-wrap:wrap;gap:.3rem .6rem;
     align-items:center;margin:.4rem 0}.ops-filters input,.ops-filters select{max-width:9rem}
     .ops-message{font-weight:600}.ops-bad{color:#b00020;font-weight:600}.ops-reason{overflow-wrap:anywhere}
     .ops-table{border-collapse:collapse;font-size:.85rem}.ops-table td,.ops-table th{padding:.2rem .45rem;
