@@ -240,3 +240,46 @@ def test_container_trace_says_where_each_event_is(tmp_path: Path, clock: Clock) 
         assert store.container_trace("TOTE", routes=routes)["events"] == []
     finally:
         store.close()
+
+
+def test_a_salvaged_store_keeps_its_audit_trail_and_tallies(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    path = tmp_path / "b.db"
+    store = make(path, clock)
+    store.register_sinks(["wms"])
+    store.append([[event(i)] for i in range(300)])
+    deliver(store, "wms", reject={code(1), code(2)})
+    ids = [d.id for d in store.dead_letters()]
+    store.replay(ids[:1], who="alice")
+    store.discard(ids[1:], who="bob")
+    deliver(store, "wms")
+    store.append([[event(i)] for i in range(300, 600)])  # pending, and lost with the file
+    trail, archived = store.audit_trail(), store.archived()
+    report = store.reconciliation(day_of(DAY0))
+    size = int(store._conn.execute("PRAGMA page_size").fetchone()[0])
+    root = store._conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    with path.open("r+b") as f:  # the events table's root page: the file is corrupt
+        f.seek((root - 1) * size)
+        f.write(b"\xa5" * size)
+
+    store = make(path, clock)
+    try:
+        assert store.open_report.corrupt
+        assert store.audit_trail() == trail
+        assert store.archived() == archived
+        after = store.reconciliation(day_of(DAY0))["types"]
+        assert report["types"][0]["sinks"]["wms"]["pending"] == 300
+        for row in (*after, *report["types"]):
+            row["sinks"]["wms"].pop("pending")  # events in the damaged table are lost
+        assert after == report["types"]
+        assert after[0]["accepted"] == 600
+        clock.t += 1
+        store.append([[IngestDeadLetter("scan-1", "not_json: x", b"{")]])
+        (dl,) = store.dead_letters(kind="ingest")
+        store.discard([dl.id], who="carol")
+        assert store.audit_trail()[0]["id"] > trail[0]["id"]  # ids keep growing
+    finally:
+        store.close()
