@@ -194,3 +194,30 @@ def test_status_without_a_daemon_reads_the_store(db: Path,
     assert "gateway not running" in out
     assert "21 events" not in out and "20 events" in out
     assert "dead letters 5 sink, 1 ingest" in out
+
+
+def test_status_renders_alert_objects_and_sink_figures() -> None:
+    from gateway.ops.status_cli import render
+
+    doc = {"site": "DC-1", "ready": True, "uptime_s": 3725, "pid": 7,
+           "alerts": [{"severity": "critical", "message": "sink wms unavailable",
+                       "since": 1_795_428_902.0, "action": "check the WMS"}, "plain text alert"],
+           "sinks": {"wms": {"type": "http", "state": "backoff", "backlog_events": 774,
+                             "events_delivered": 10, "dead_letters": 2,
+                             "last_success_at": 1_795_428_900.0,
+                             "oldest_undelivered_age_s": 95, "down_since": 1_795_428_902.0,
+                             "last_error": "cannot connect"}},
+           "devices": {"scan-01": {"connected": False, "messages": {"a": 3, "b": 4},
+                                   "ingest_errors": {"not_json": 1}, "rejecting_all": True}},
+           "store": {"events": 5, "used_bytes": 1024**2, "max_bytes": 2 * 1024**2,
+                     "dead_letters": {"sink": 2, "ingest": 1}, "backlog": {"wms": 774}}}
+    text = "\n".join(render(doc, "test"))
+    assert text.splitlines()[0] == "site DC-1: READY, up 1h02m, pid 7  (test)"
+    assert ("! [critical] sink wms unavailable (since 2026-11-23 10:15:02) - check the WMS"
+            in text)
+    assert "! plain text alert" in text
+    assert "backlog 774" in text and "oldest waiting 1m35s" in text
+    assert "down since 2026-11-23 10:15:02" in text and "last error: cannot connect" in text
+    assert "scan-01" in text and "disconnected" in text and "messages 7" in text
+    assert "REJECTING ALL" in text
+    assert "1.0 MiB of 2.0 MiB; dead letters 2 sink, 1 ingest" in text

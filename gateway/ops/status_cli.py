@@ -58,18 +58,23 @@ def render(doc: dict[str, Any], source: str) -> list[str]:
     alerts = doc.get("alerts") or []
     lines.append(f"alerts: {len(alerts) or 'none'}")
     for a in alerts:
-        text = a if isinstance(a, str) else (a.get("message") or a.get("text") or json.dumps(a))
-        sev = "" if isinstance(a, str) else f"[{a.get('severity', '')}] "
-        lines.append(f"  ! {sev}{text}")
+        lines.append(f"  ! {_alert(a)}")
     sinks = doc.get("sinks") or {}
     if sinks:
         lines.append("sinks:")
         for sid, s in sinks.items():
             last = s.get("last_success_at") or s.get("last_batch_at")
-            lines.append(f"  {sid:<12} {s.get('type', ''):<5} {s.get('state', '?'):<10} "
-                         f"backlog {s.get('backlog_events')}  delivered "
-                         f"{s.get('events_delivered', s.get('delivered'))}  dead letters "
-                         f"{s.get('dead_letters', 0)}  last batch {utc(last)}")
+            line = (f"  {sid:<12} {s.get('type', ''):<5} {s.get('state', '?'):<10} "
+                    f"backlog {s.get('backlog_events')}  delivered "
+                    f"{s.get('events_delivered', s.get('delivered'))}  dead letters "
+                    f"{s.get('dead_letters', 0)}  last success {utc(last)}")
+            if s.get("oldest_undelivered_age_s") is not None:
+                line += f"  oldest waiting {_duration(s['oldest_undelivered_age_s'])}"
+            if s.get("down_since") is not None:
+                line += f"  down since {utc(s['down_since'])}"
+            if s.get("last_error"):
+                line += f"  last error: {s['last_error']}"
+            lines.append(line)
     devices = doc.get("devices") or {}
     if devices:
         lines.append("devices:")
@@ -85,6 +90,19 @@ def render(doc: dict[str, Any], source: str) -> list[str]:
                      f"{_mib(st.get('max_bytes'))}; dead letters {dl.get('sink', 0)} sink, "
                      f"{dl.get('ingest', 0)} ingest; backlog {st.get('backlog', {})}")
     return lines
+
+
+def _alert(a: Any) -> str:
+    """One alert: a plain string, or the alert model's object (severity, message,
+    since, what to do)."""
+    if not isinstance(a, dict):
+        return str(a)
+    text = f"[{a.get('severity', '?')}] {a.get('message') or a.get('text') or json.dumps(a)}"
+    if a.get("since"):
+        text += f" (since {utc(a['since'])})"
+    if a.get("action"):
+        text += f" - {a['action']}"
+    return text
 
 
 def _count(v: Any) -> int:
