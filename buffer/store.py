@@ -51,6 +51,12 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    is room again, so deletes can always proceed. (Held by
    ``tests/test_store_disk_full.py`` on a real small file system, not by the
    model.)
+11. Every append, cursor move, replay and discard tallies what it did (per
+   UTC day, event type and sink) in its own transaction, and every replay
+   and discard writes one audit row there too (``buffer.ledger``,
+   ``buffer.audit``): the counts and the trail are exactly as durable as
+   the effects they record. A discard archives the dead letters instead of
+   deleting them; the archive is pruned after ``archive_retention_s``.
 
 This module is the facade: ``Store`` owns the one ``sqlite3`` connection, the
 transactions and the running byte counts, and is synchronous; it must be used
