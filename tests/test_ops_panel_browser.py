@@ -131,11 +131,16 @@ async def test_operator_panel_replay_discard_audit_reconciliation_trace(
             await delivered(gw)
             rec = await show(page, "reconciliation")
             await rec.locator("button").click()
-            row = rec.locator("tr", has_text="scan")
-            await expect(row.first).to_contain_text("wms")
-            cells = [c.strip() for c in (await row.first.inner_text()).split("\t")]
-            assert cells[:8] == ["scan", "wms", "80", str(80 - len(fives) + 2),
-                                 str(len(fives)), "2", str(len(fives) - 2), "0"], cells
+            row = rec.locator("tr", has_text="scan").first
+            want = ["scan", "wms", "80", str(80 - len(fives) + 2), str(len(fives)), "2",
+                    str(len(fives) - 2), "0"]
+
+            async def shown() -> list[str] | None:
+                await rec.locator("button").click()  # the table as of now
+                cells = [c.strip() for c in (await row.inner_text()).split("\t")]
+                return cells if cells[:8] == want else None
+
+            await wait_until(shown, 20, f"the reconciliation row {want}", 0.5)
             await page.screenshot(path=str(shots / "ops-03-reconciliation.png"), full_page=True)
 
             # Container search: a delivered one, and a discarded one.
