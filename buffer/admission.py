@@ -21,7 +21,8 @@ Invariants of this module (store invariants 1, 4, 5, 6 and 9):
   ``dead_letter_max_bytes``; sink dead letters are never evicted, only
   reported (``check_dead_letter_budget``).
 * Every eviction, drop and duplicate is counted in ``counters`` in the same
-  transaction.
+  transaction, and so is each accepted event in the day's tallies
+  (``buffer.ledger``).
 
 Functions here take the connection and the figures they need and return what
 they did; ``buffer.store.Store`` owns the running byte counts and applies the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -40,6 +41,7 @@ from typing import Final
 import msgpack
 import structlog
 
+from buffer import ledger
 from buffer.schema import ROW_OVERHEAD, bump, min_cursor
 from gateway.core.events import Event, Priority
 from gateway.core.records import IngestDeadLetter, Record
@@ -179,6 +181,10 @@ def admit(
             fresh.append(e)
     _insert_events(conn, fresh)
     result.inserted = len(fresh)
+    if fresh:
+        ledger.tally_types(conn, now, "", "accepted", Counter(e[1] for e in fresh))
+    if dead:
+        ledger.tally(conn, now, [(ledger.INGEST_TYPE, "", "ingest_dead_letters", len(dead))])
     if dead:
         conn.executemany(
             "INSERT INTO dead_letters(device, reason, kind, body, context, created)"

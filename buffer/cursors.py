@@ -14,6 +14,9 @@ Invariants of this module (store invariants 3 and 4):
 * A row is deleted here only once every cursor has passed it and, with a
   retention window, once it is older than that window; ``prune`` deletes in
   ``seq`` order, which is also age order.
+* Every cursor move, replay and discard tallies what it did for
+  reconciliation (``buffer.ledger``) in its own transaction; a discard moves
+  the dead letters to the archive (``buffer.audit``) instead of deleting them.
 * A replayed sink dead letter becomes a new row (a new ``seq``) with
   ``only_sink`` set, so no other sink receives it twice; ingest dead letters
   (raw source messages) are never replayed. ``replay`` changes nothing when
@@ -27,16 +30,16 @@ said otherwise) and return what they did, bytes freed included;
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import structlog
 
+from buffer import audit, ledger
 from buffer.schema import ROW_OVERHEAD, StoreError, bump, min_cursor
 from gateway.core.events import Priority
-from gateway.core.records import DeadLetter, Row, SinkDeadLetter
+from gateway.core.records import Row, SinkDeadLetter
 
 log = structlog.get_logger(__name__)
 
@@ -100,10 +103,13 @@ def move_cursor(
     now: float,
     *,
     path: Path,
+    delivered: Mapping[str, int] | None = None,
 ) -> int:
     """Write ``sink``'s dead letters and move its cursor to ``to_seq``.
 
-    Returns the bytes the dead letters take from their budget.
+    ``delivered`` (events the sink acknowledged, per type) and the dead
+    letters are tallied for reconciliation in the same transaction. Returns
+    the bytes the dead letters take from their budget.
     """
     cur = conn.execute("SELECT seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
     if cur is None:
@@ -114,6 +120,7 @@ def move_cursor(
             path=path,
         )
     dl_bytes = 0
+    rejected: list[str | None] = []
     for dl in dead_letters:
         conn.execute(
             "INSERT INTO dead_letters(kind, sink, device, event_id, type, reason, body,"
@@ -122,11 +129,15 @@ def move_cursor(
             (sink, dl.reason, now, dl.seq),
         )
         row = conn.execute(
-            "SELECT LENGTH(body) FROM events WHERE seq = ?", (dl.seq,)
+            "SELECT LENGTH(body), type FROM events WHERE seq = ?", (dl.seq,)
         ).fetchone()
         dl_bytes += 0 if row is None else int(row[0]) + ROW_OVERHEAD
+        rejected.append(None if row is None else row[1])
     if dead_letters:
         bump(conn, {"sink_dead_letters": len(dead_letters)})
+        ledger.tally_types(conn, now, sink, "rejected", rejected)
+    if delivered:
+        ledger.tally_types(conn, now, sink, "delivered", delivered)
     conn.execute(
         "UPDATE cursors SET seq = ?, updated = ? WHERE sink = ?", (to_seq, now, sink)
     )
@@ -170,28 +181,6 @@ def prune(
 # -- dead letters ----------------------------------------------------------------------
 
 
-def dead_letters(
-    conn: sqlite3.Connection, *, sink: str | None, kind: str | None, limit: int, after_id: int
-) -> list[DeadLetter]:
-    """Dead letters with ``id > after_id``, oldest first, optionally of one sink or kind."""
-    sql = ("SELECT id, kind, sink, device, event_id, type, reason, body, context, created"
-           " FROM dead_letters WHERE id > ?")
-    args: list[Any] = [after_id]
-    if sink is not None:
-        sql += " AND sink = ?"
-        args.append(sink)
-    if kind is not None:
-        sql += " AND kind = ?"
-        args.append(kind)
-    sql += " ORDER BY id LIMIT ?"
-    args.append(limit)
-    out = []
-    for r in conn.execute(sql, args):
-        ctx = msgpack.unpackb(r[8]) if r[8] else {}
-        out.append(DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], ctx, r[9]))
-    return out
-
-
 def replay(conn: sqlite3.Connection, ids: Sequence[int], now: float, *, path: Path) -> int:
     """Re-queue sink dead letters as new rows for the sink that rejected them.
 
@@ -222,13 +211,22 @@ def replay(conn: sqlite3.Connection, ids: Sequence[int], now: float, *, path: Pa
         )
     conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", list(ids))
     bump(conn, {"replayed_dead_letters": len(rows)})
+    for sink in {r[2] for r in rows}:
+        ledger.tally_types(conn, now, sink, "replayed", [r[5] for r in rows if r[2] == sink])
     return len(rows)
 
 
-def discard(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
-    """Delete dead letters for good; returns how many there were."""
-    cur = conn.execute(
-        f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", list(ids)
-    )
-    bump(conn, {"discarded_dead_letters": cur.rowcount})
-    return cur.rowcount
+def discard(conn: sqlite3.Connection, ids: Sequence[int], now: float, audit_id: int) -> int:
+    """Move dead letters to the archive (``buffer.audit``); returns how many there were."""
+    marks = ",".join("?" * len(ids))
+    found = conn.execute(
+        f"SELECT sink, kind, type FROM dead_letters WHERE id IN ({marks})", list(ids)
+    ).fetchall()
+    audit.archive(conn, ids, now, audit_id)
+    conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", list(ids))
+    bump(conn, {"discarded_dead_letters": len(found)})
+    for sink, kind in {(r[0], r[1]) for r in found}:
+        ledger.tally_types(conn, now, sink or "", "discarded",
+                           [r[2] if kind == "sink" else ledger.INGEST_TYPE
+                            for r in found if (r[0], r[1]) == (sink, kind)])
+    return len(found)

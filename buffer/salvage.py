@@ -746,6 +746,7 @@ def salvage(
         )
         raise_sequence(dest, "events", high)
         raise_sequence(dest, "dead_letters", total.sequences.get("dead_letters", 0))
+        _copy_operator_tables(moved, dest)
         events = int(dest.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         dead = int(dest.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
     except BaseException:
@@ -763,6 +764,41 @@ def salvage(
         found=found,
         high_seq=high,
     )
+
+
+#: The operator tables (schema 2) and their columns, copied as SQLite still reads them.
+_OPERATOR_TABLES: Final = {
+    "audit": "id, at, who, via, action, count, ids, filter",
+    "tallies": "day, type, sink, name, n",
+    "discarded": "id, kind, sink, device, event_id, type, reason, body, context, created,"
+                 " discarded_at, audit_id",
+}
+
+
+def _copy_operator_tables(moved: Path, dest: sqlite3.Connection) -> None:
+    """Copy the audit trail, the tallies and the discard archive, as far as SQLite can
+    still read them (they are not rebuilt from pages: a table whose pages are damaged
+    stays in the moved-aside file)."""
+    try:
+        src = sqlite3.connect(f"file:{moved}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        for table, columns in _OPERATOR_TABLES.items():
+            marks = ",".join("?" * len(columns.split(",")))
+            try:
+                cur = src.execute(f"SELECT {columns} FROM {table}")
+                while rows := cur.fetchmany(500):
+                    dest.executemany(
+                        f"INSERT OR IGNORE INTO {table}({columns}) VALUES ({marks})", rows)
+            except sqlite3.Error as err:
+                log.warning("store_salvage_table_lost", path=str(moved), table=table,
+                            error=str(err))
+        with contextlib.suppress(sqlite3.Error):
+            row = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+            raise_sequence(dest, "audit", int(row[0]) if row else 0)
+    finally:
+        src.close()
 
 
 def raise_sequence(conn: sqlite3.Connection, table: str, value: int) -> None:

@@ -16,6 +16,9 @@ Invariants of this module:
 * Byte accounting: a row counts ``len(body) + ROW_OVERHEAD``; events against
   ``max_bytes``, dead letters against their own budget. ``measure_used`` and
   ``measure_dead`` compute the same figures from the file.
+* Schema migration is additive: version 2 only adds tables (``audit``,
+  ``discarded``, ``tallies``), so a version 1 file opens as it is, gains them
+  and is marked version 2; no existing row is rewritten.
 * Counters are only ever incremented (``bump``) inside the transaction whose
   effect they count, so they are exactly as durable as that effect.
 
@@ -28,7 +31,10 @@ import os
 import sqlite3
 from typing import Final, Literal
 
-SCHEMA_VERSION: Final = 1
+#: 1: events, cursors, dead letters, counters. 2: the audit trail, the archive of
+#: discarded dead letters and the daily tallies (added to a version 1 file as it
+#: opens; nothing in it changes).
+SCHEMA_VERSION: Final = 2
 #: Bytes counted per row on top of its body: the row header, the other
 #: columns and b-tree slack. Deliberately generous (a row of this schema
 #: carries about 70 bytes besides its body), so capacity errs on the safe side.
@@ -72,6 +78,39 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    via TEXT NOT NULL,
+    action TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    ids TEXT NOT NULL,
+    filter TEXT
+);
+CREATE TABLE IF NOT EXISTS discarded (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    sink TEXT,
+    device TEXT,
+    event_id TEXT,
+    type TEXT,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    context BLOB,
+    created REAL NOT NULL,
+    discarded_at REAL NOT NULL,
+    audit_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS discarded_at ON discarded(discarded_at);
+CREATE TABLE IF NOT EXISTS tallies (
+    day TEXT NOT NULL,
+    type TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    name TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (day, type, sink, name)
+) WITHOUT ROWID;
 """
 
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -98,7 +98,8 @@ class StoreService:
         return await self._run(self.store.read, sink, after, limit, routes)
 
     async def advance(
-        self, sink: str, to_seq: int, dead_letters: Sequence[SinkDeadLetter] = ()
+        self, sink: str, to_seq: int, dead_letters: Sequence[SinkDeadLetter] = (),
+        delivered: Mapping[str, int] | None = None,
     ) -> int:
         """``Store.advance`` on the store thread; wakes a blocked committer.
 
@@ -110,7 +111,8 @@ class StoreService:
         warned = False
         while True:
             try:
-                deleted = await self._run(self.store.advance, sink, to_seq, dead_letters)
+                deleted = await self._run(self.store.advance, sink, to_seq, dead_letters,
+                                           delivered)
                 break
             except StoreDiskFull as err:
                 if not warned:

@@ -51,6 +51,12 @@ Invariants (each one is held by ``tests/test_store_model.py`` against a model):
    is room again, so deletes can always proceed. (Held by
    ``tests/test_store_disk_full.py`` on a real small file system, not by the
    model.)
+11. Every append, cursor move, replay and discard tallies what it did (per
+   UTC day, event type and sink) in its own transaction, and every replay
+   and discard writes one audit row there too (``buffer.ledger``,
+   ``buffer.audit``): the counts and the trail are exactly as durable as
+   the effects they record. A discard archives the dead letters instead of
+   deleting them; the archive is pruned after ``archive_retention_s``.
 
 This module is the facade: ``Store`` owns the one ``sqlite3`` connection, the
 transactions and the running byte counts, and is synchronous; it must be used
@@ -64,6 +70,9 @@ on the hot path):
                       the dead-letter budget (invariants 1, 4, 5, 6, 9)
 ``buffer.disk``       the low-disk mark and the reserve file (invariant 10)
 ``buffer.cursors``    read, cursor moves, deletion, dead letters (3, 4)
+``buffer.ledger``     daily tallies for reconciliation
+``buffer.audit``      the audit trail of replays and discards, the discard archive
+``buffer.deadletters`` the dead-letter filter; ``buffer.trace`` a container's events
 ``buffer.recovery``   open checks, corruption move-aside and salvage wiring,
                       the rewind check (7, 8; ``buffer.salvage``, ``buffer.highwater``)
 """
@@ -75,12 +84,13 @@ import dataclasses
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from buffer import audit, deadletters, ledger, trace
 from buffer import cursors as cursor_ops
 from buffer.admission import (
     DEAD_LETTER_PAYLOAD_BYTES,
@@ -91,6 +101,7 @@ from buffer.admission import (
     bound_payloads,
     check_dead_letter_budget,
 )
+from buffer.deadletters import DeadLetterFilter
 from buffer.disk import MIN_FREE_BYTES, RESERVE_BYTES, DiskGuard
 from buffer.highwater import COUNTER as HIGH_WATER_COUNTER
 from buffer.recovery import OpenReport, open_store
@@ -119,6 +130,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WAL_KEEP_BYTES",
     "AppendResult",
+    "DeadLetterFilter",
     "OpenReport",
     "Store",
     "StoreDiskFull",
@@ -127,6 +139,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: How long discarded dead letters stay in the archive (``store.discarded_retention``).
+ARCHIVE_RETENTION_S = 30 * 86400.0
+#: How often a running gateway prunes the archive (at a cursor move).
+ARCHIVE_PRUNE_EVERY_S = 3600.0
 
 
 class Store:
@@ -146,6 +163,7 @@ class Store:
         dead_letter_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
         min_free_bytes: int = MIN_FREE_BYTES,
         reserve_bytes: int = RESERVE_BYTES,
+        archive_retention_s: float = ARCHIVE_RETENTION_S,
     ) -> None:
         for name, value in (("dead_letter_max_bytes", dead_letter_max_bytes or 0),
                             ("dead_letter_payload_bytes", dead_letter_payload_bytes),
@@ -163,6 +181,8 @@ class Store:
         self.dead_letter_payload_bytes = dead_letter_payload_bytes
         self.min_free_bytes = min_free_bytes
         self.reserve_bytes = reserve_bytes
+        self.archive_retention_s = archive_retention_s
+        self._archive_pruned_at = 0.0
         self._clock = clock
         self._disk_log = LogThrottle(log, 60.0, clock=clock)
         self._disk = DiskGuard(self.path, min_free_bytes=min_free_bytes,
@@ -342,11 +362,13 @@ class Store:
         sink: str,
         to_seq: int,
         dead_letters: Sequence[SinkDeadLetter] = (),
+        delivered: Mapping[str, int] | None = None,
     ) -> int:
         """Move ``sink``'s cursor to ``to_seq`` and write its dead letters, in one txn.
 
-        Then deletes rows every cursor has passed (after the retention window).
-        Returns the number of rows deleted.
+        ``delivered`` (per event type) is tallied for reconciliation in that
+        transaction. Then deletes rows every cursor has passed (after the
+        retention window). Returns the number of rows deleted.
         """
         now = self._clock()
         disk = self._disk
@@ -361,7 +383,7 @@ class Store:
             try:
                 with self._txn() as conn:
                     dl_bytes = cursor_ops.move_cursor(conn, sink, to_seq, dead_letters, now,
-                                                      path=self.path)
+                                                      path=self.path, delivered=delivered)
                     deleted = 0 if stepwise else self._prune(conn, now)
                 break
             except sqlite3.OperationalError as err:
@@ -384,6 +406,9 @@ class Store:
         if deleted:
             disk.checkpoint_if_short(self._conn)
         disk.ensure_reserve()
+        if now - self._archive_pruned_at >= ARCHIVE_PRUNE_EVERY_S:
+            with contextlib.suppress(sqlite3.OperationalError):  # a full disk: next time
+                self.prune_archive()
         return deleted
 
     def _prune_stepwise(self, now: float, step: int = 100) -> int:
@@ -427,38 +452,114 @@ class Store:
         with self._txn() as conn:
             return self._prune(conn, self._clock())
 
-    # -- dead letters (buffer.cursors) ------------------------------------------------
+    # -- dead letters (buffer.cursors, buffer.deadletters, buffer.audit) --------------
 
     def dead_letters(
         self, *, sink: str | None = None, kind: str | None = None, limit: int = 100,
-        after_id: int = 0,
+        after_id: int = 0, device: str | None = None, type: str | None = None,
+        reason: str | None = None,
     ) -> list[DeadLetter]:
-        """List dead letters, oldest first."""
-        return cursor_ops.dead_letters(self._conn, sink=sink, kind=kind, limit=limit,
-                                       after_id=after_id)
+        """List dead letters, oldest first (``reason`` matches a part of the reason)."""
+        flt = DeadLetterFilter(sink=sink, kind=kind, reason=reason, device=device, type=type)
+        return deadletters.listing(self._conn, flt, limit=limit, after_id=after_id)
 
-    def replay(self, ids: Sequence[int]) -> int:
+    def count_dead_letters(self, flt: DeadLetterFilter) -> int:
+        """How many dead letters match ``flt``."""
+        return deadletters.count(self._conn, flt)
+
+    def replay(self, ids: Sequence[int], *, who: str | None = None, via: str = "store",
+               filter: DeadLetterFilter | None = None) -> int:
         """Re-queue sink dead letters for the sink that rejected them.
 
         The event is appended again with a new ``seq`` and ``only_sink`` set, so
         other sinks do not receive it twice. Ingest dead letters cannot be
         replayed (they never became events) and are refused with an error.
+        The replay is written to the audit trail (``who``: the OS user unless
+        given; ``via``: the CLI, the API, ...) in the same transaction.
         """
         now = self._clock()
         with self._txn() as conn:
             n = cursor_ops.replay(conn, ids, now, path=self.path)
+            audit.record(conn, now, who=who or audit.os_user(), via=via, action="replay",
+                         ids=ids, filter=None if filter is None else filter.given())
         # The bodies moved from the dead-letter budget to the events' capacity.
         self.used_bytes = self._measure_used()
         self.dead_letter_bytes = self._measure_dead()
         return n
 
-    def discard(self, ids: Sequence[int]) -> int:
-        """Delete dead letters for good."""
+    def discard(self, ids: Sequence[int], *, who: str | None = None, via: str = "store",
+                filter: DeadLetterFilter | None = None) -> int:
+        """Take dead letters out of the queue, into the archive, with an audit row.
+
+        Archived bodies are deleted once older than ``archive_retention_s``.
+        """
+        now = self._clock()
         with self._txn() as conn:
-            n = cursor_ops.discard(conn, ids)
+            audit_id = audit.record(conn, now, who=who or audit.os_user(), via=via,
+                                    action="discard", ids=ids,
+                                    filter=None if filter is None else filter.given())
+            n = cursor_ops.discard(conn, ids, now, audit_id)
+            conn.execute("UPDATE audit SET count = ? WHERE id = ?", (n, audit_id))
+            audit.prune_archive(conn, now, self.archive_retention_s)
         self.dead_letter_bytes = self._measure_dead()
         self._check_dead_letter_budget()
         return n
+
+    def replay_matching(self, flt: DeadLetterFilter, *, who: str | None = None,
+                        via: str = "store", limit: int = 100_000) -> int:
+        """Replay every sink dead letter matching ``flt`` (at most ``limit``)."""
+        if flt.kind == "ingest":
+            raise StoreError("ingest dead letters (raw source messages that never became "
+                             "events) cannot be replayed, only discarded", path=self.path)
+        flt = dataclasses.replace(flt, kind="sink")
+        ids = deadletters.matching_ids(self._conn, flt, limit=limit)
+        return self.replay(ids, who=who, via=via, filter=flt) if ids else 0
+
+    def discard_matching(self, flt: DeadLetterFilter, *, who: str | None = None,
+                         via: str = "store", limit: int = 100_000) -> int:
+        """Discard every dead letter matching ``flt`` (at most ``limit``)."""
+        ids = deadletters.matching_ids(self._conn, flt, limit=limit)
+        return self.discard(ids, who=who, via=via, filter=flt) if ids else 0
+
+    def audit_trail(self, *, limit: int = 100, before_id: int | None = None
+                    ) -> list[dict[str, Any]]:
+        """Replays and discards, newest first."""
+        return audit.entries(self._conn, limit=limit, before_id=before_id)
+
+    def archived(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest discarded dead letters still in the archive (no bodies)."""
+        return audit.archived(self._conn, limit=limit)
+
+    def prune_archive(self) -> int:
+        """Delete archived dead letters older than ``archive_retention_s``."""
+        now = self._clock()
+        self._archive_pruned_at = now
+        with self._txn() as conn:
+            return audit.prune_archive(conn, now, self.archive_retention_s)
+
+    # -- reconciliation and tracing (buffer.ledger, buffer.trace) ---------------------
+
+    def reconciliation(self, day: str, routes: Mapping[str, frozenset[str] | None] | None = None
+                       ) -> dict[str, Any]:
+        """The day's counts per event type and sink (``buffer.ledger.report``)."""
+        self._conn.execute("BEGIN")
+        try:
+            return ledger.report(self._conn, day, routes)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def stored_events(self, *, after: int, device: str | None = None, type: str | None = None,
+                      container: str | None = None, limit: int = 1000, newest: bool = False
+                      ) -> tuple[list[tuple[Any, ...]], int]:
+        """Stored events after ``after`` matching the filters (``buffer.trace``)."""
+        return trace.stored_events(self._conn, after=after, device=device, type=type,
+                                   container=container, limit=limit, newest=newest)
+
+    def container_trace(self, container: str, *,
+                        routes: Mapping[str, frozenset[str] | None] | None = None,
+                        limit: int = 100) -> dict[str, Any]:
+        """A container's recent events and where each one is (``buffer.trace``)."""
+        return trace.container_trace(self._conn, container, routes=routes, limit=limit)
 
     # -- stats ------------------------------------------------------------------------
 

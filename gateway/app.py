@@ -22,8 +22,9 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,7 +35,6 @@ from gateway.alerts import AlertBook, RejectionWatch, sink_alerts, store_alerts,
 from gateway.build import build_drivers, build_sinks
 from gateway.config import GatewayConfig
 from gateway.core.protocols import Driver, Sink
-from gateway.core.records import DeadLetter
 from gateway.core.snapshot import (
     CommitterSnapshot,
     DeviceSnapshot,
@@ -47,6 +47,8 @@ from gateway.core.snapshot import (
 from gateway.forwarder import Forwarder
 from gateway.history import History, Sample
 from gateway.supervisor import Supervisor, describe
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +124,8 @@ class Gateway:
         return Store(s.path, max_bytes=s.max_bytes, synchronous=s.synchronous,
                      retention_s=s.retention, dead_letter_max_bytes=s.dead_letter_max_bytes,
                      dead_letter_payload_bytes=s.dead_letter_payload_bytes,
-                     min_free_bytes=s.min_free_bytes, reserve_bytes=s.reserve_bytes)
+                     min_free_bytes=s.min_free_bytes, reserve_bytes=s.reserve_bytes,
+                     archive_retention_s=s.discarded_retention)
 
     def stop(self) -> None:
         """Ask the gateway to shut down (idempotent, callable from signal handlers)."""
@@ -269,11 +272,14 @@ class Gateway:
             await asyncio.sleep(0.2)
 
     async def _refresh_stats(self) -> None:
+        trail = await self.service.call(self.service.store.audit_trail, limit=1)
+        audit_seen = int(trail[0]["id"]) if trail else 0
         while True:
             store = self.service.store
             if await self.service.call(store.refresh_if_changed_elsewhere):
                 self.service.space_freed.set()  # an operator freed or added rows
                 self.service.notify()
+                audit_seen = await self._log_operator_actions(audit_seen)
             self.store_stats = await self.service.call(store.stats)
             self._observe_rejections()
             self._record_history()
@@ -281,6 +287,16 @@ class Gateway:
             self.alert_book.flush()
             self.supervisor.flush_logs()
             await asyncio.sleep(STATS_REFRESH_S)
+
+    async def _log_operator_actions(self, seen: int) -> int:
+        """Log replays and discards another process (the CLI) wrote to the audit trail."""
+        rows = await self.service.call(self.service.store.audit_trail, limit=100)
+        for r in reversed([r for r in rows if r["id"] > seen]):
+            if r["via"] not in ("api", "page"):  # those were logged as they happened
+                log.info("operator_action", action=r["action"], who=r["who"], via=r["via"],
+                         count=r["count"], audit_id=r["id"], filter=r["filter"],
+                         ids=r["ids"][:20])
+        return max([seen, *(int(r["id"]) for r in rows)])
 
     def snapshot(self) -> GatewaySnapshot:
         """Everything the status page and metrics show, as components publish it."""
@@ -346,22 +362,17 @@ class Gateway:
                 counts[dev_id] = (dev.messages, dev.rejected)
         self.rejections.observe(counts)
 
-    async def dead_letters(self, *, sink: str | None, kind: str | None, limit: int,
-                           after_id: int) -> list[DeadLetter]:
-        """Dead letters after ``after_id``, oldest first (for the status API)."""
-        store = self.service.store
-        return await self.service.call(store.dead_letters, sink=sink, kind=kind, limit=limit,
-                                       after_id=after_id)
+    async def with_store(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the store's thread (the status server's operator routes)."""
+        return await self.service.call(fn, self.service.store)
 
-    async def replay_dead_letters(self, ids: list[int]) -> int:
-        """Re-queue sink dead letters and wake the forwarders; raises ``StoreError``."""
-        n = await self.service.call(self.service.store.replay, ids)
+    def sink_routes(self) -> dict[str, frozenset[str] | None]:
+        """Each sink's event types (``None``: all)."""
+        return {s.id: s.routes for s in self.sinks}
+
+    def wake_forwarders(self) -> None:
+        """New rows are in the store (a replay): wake the forwarders."""
         self.service.notify()
-        return n
-
-    async def discard_dead_letters(self, ids: list[int]) -> int:
-        """Delete dead letters for good."""
-        return await self.service.call(self.service.store.discard, ids)
 
 
 def _failed(err: Exception) -> GatewayFailed:

@@ -1,4 +1,8 @@
-"""Command line: ``warehouse-gateway run|check|demo|store ...``."""
+"""Command line: ``warehouse-gateway run|check|demo|status|init|report|events|store ...``.
+
+The operator commands live in ``gateway.ops`` (``commands``, ``status_cli``,
+``starter``); this module registers them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, MissingFilesError, load_config
 from gateway.exitcodes import (
-    EXIT_CONFIG,
     EXIT_FAILED,
-    EXIT_MISSING_FILE,
     EXIT_OK,
     EXIT_STORE_LOCKED,
     STARTUP_EXIT_CODES,
 )
+from gateway.ops import commands as ops_commands
+from gateway.ops.starter import add_init_command
+from gateway.ops.status_cli import add_status_command
+from gateway.ops.storefile import load_or_exit_code as _load_or_exit_code
+from gateway.ops.storefile import open_store as _open_store
 
 
 def _out(text: str) -> None:
@@ -25,21 +30,6 @@ def _out(text: str) -> None:
 
 def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
-
-
-def _load_or_exit_code(path: str) -> GatewayConfig | int:
-    """The config, or the exit code after its problems went to stderr."""
-    try:
-        return load_config(path)
-    except MissingFilesError as err:
-        # One line: the config is fine, a file it names is not there (yet).
-        _err(f"error: {err.path}: " + "; ".join(err.problems))
-        return EXIT_MISSING_FILE
-    except ConfigError as err:
-        _err(f"configuration invalid ({len(err.problems)} problem(s)):")
-        for p in err.problems:
-            _err(f"  {err.path}: {p}")
-        return EXIT_CONFIG
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -100,29 +90,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _open_store(args: argparse.Namespace) -> Any:
-    from buffer.store import Store
-
-    # An operator command neither creates nor gives up the daemon's disk reserve.
-    if args.db:
-        _require_file(Path(args.db))
-        return Store(args.db, recover=False, min_free_bytes=0, reserve_bytes=0)
-    cfg = _load_or_exit_code(args.config) if args.config else EXIT_CONFIG
-    if isinstance(cfg, int):
-        raise SystemExit(cfg)
-    _require_file(cfg.store.path)
-    return Store(cfg.store.path, max_bytes=cfg.store.max_bytes,
-                 dead_letter_max_bytes=cfg.store.dead_letter_max_bytes, recover=False,
-                 min_free_bytes=0, reserve_bytes=0)
-
-
-def _require_file(path: Path) -> None:
-    # Opening a mistyped path would create an empty store and report it as such.
-    if not path.is_file():
-        _err(f"error: no store file at {path}")
-        raise SystemExit(1)
-
-
 def cmd_store_stats(args: argparse.Namespace) -> int:
     """Print store statistics as JSON."""
     store = _open_store(args)
@@ -133,40 +100,15 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    """List dead letters."""
-    from gateway.core.records import dead_letter_json
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
-    store = _open_store(args)
     try:
-        items = store.dead_letters(sink=args.sink, kind=args.kind, limit=args.limit,
-                                   after_id=args.after)
-    finally:
-        store.close()
-    for d in items:
-        if args.json:
-            _out(dead_letter_json(d, bodies=True))
-        else:
-            what = d.event_id or d.body[:60].decode("utf-8", "replace")
-            _out(f"{d.id}\t{d.kind}\t{d.sink or d.device}\t{what}\t{d.reason}")
-    if not items and not args.json:
-        _out("no dead letters")
-    return 0
-
-
-def _ids_command(args: argparse.Namespace, action: str) -> int:
-    from buffer.store import StoreError
-
-    store = _open_store(args)
-    try:
-        n = store.replay(args.ids) if action == "replay" else store.discard(args.ids)
-    except StoreError as err:
-        _err(f"error: {err}")
-        return 1
-    finally:
-        store.close()
-    _out(f"{action}ed {n} dead letter(s)" if action == "replay" else f"discarded {n}")
-    return 0
+        return dist_version("warehouse-gateway")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="warehouse-gateway",
         description="Warehouse automation edge gateway: devices → durable events → WMS/ERP.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the gateway daemon")
     r.add_argument("--config", required=True, help="site config file (TOML)")
     r.set_defaults(func=cmd_run)
-    c = sub.add_parser("check", help="validate a config file")
-    c.add_argument("--config", required=True)
+    c = sub.add_parser("check", help="validate a config file: every problem at once, each "
+                                     "naming its key (with the nearest known key for a typo)")
+    c.add_argument("--config", required=True, help="site config file (TOML)")
     c.set_defaults(func=cmd_check)
     t = sub.add_parser("try", help="commissioning dry run of one device: print its signals and "
                                    "the events they make; --browse (OPC UA), --scan (Modbus)")
@@ -190,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_try)
     d = sub.add_parser("demo", help="run a simulated site: broker, scanners, conveyors, sorter, "
                                     "AMRs, WMS and gateway")
-    d.add_argument("--status-port", type=int, default=8080)
-    d.add_argument("--wms-port", type=int, default=0)
+    d.add_argument("--status-port", type=int, default=8080, help="status page port (8080)")
+    d.add_argument("--wms-port", type=int, default=0,
+                   help="WMS simulator ingest port (default: a free one)")
     d.add_argument("--data-dir", type=Path, default=None,
                    help="where the demo keeps its store (default: a temporary folder)")
-    d.add_argument("--scanners", type=int, default=4)
+    d.add_argument("--scanners", type=int, default=4, help="MQTT barcode scanners (4)")
     d.add_argument("--rate", type=float, default=5.0, help="scanner reads per second")
     d.add_argument("--conveyors", type=int, default=2, help="Modbus conveyor PLCs (0: none)")
     d.add_argument("--sorter", action=argparse.BooleanOptionalAction, default=True,
@@ -214,22 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = ssub.add_parser("stats", help="store statistics (JSON)")
     store_args(st)
     st.set_defaults(func=cmd_store_stats)
-    dl = ssub.add_parser("dead-letters", help="list dead letters")
-    store_args(dl)
-    dl.add_argument("--sink")
-    dl.add_argument("--kind", choices=["sink", "ingest"])
-    dl.add_argument("--limit", type=int, default=100)
-    dl.add_argument("--after", type=int, default=0, help="list ids greater than this")
-    dl.add_argument("--json", action="store_true", help="one JSON object per line, body included")
-    dl.set_defaults(func=cmd_dead_letters)
-    rp = ssub.add_parser("replay", help="re-send sink dead letters to the sink that rejected them")
-    store_args(rp)
-    rp.add_argument("ids", type=int, nargs="+")
-    rp.set_defaults(func=lambda a: _ids_command(a, "replay"))
-    ds = ssub.add_parser("discard", help="delete dead letters for good")
-    store_args(ds)
-    ds.add_argument("ids", type=int, nargs="+")
-    ds.set_defaults(func=lambda a: _ids_command(a, "discard"))
+    ops_commands.add_store_commands(ssub, store_args, _open_store)
+    ops_commands.add_commands(sub, store_args, _open_store)
+    add_status_command(sub, _open_store)
+    add_init_command(sub)
     return p
 
 

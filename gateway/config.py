@@ -34,6 +34,7 @@ from gateway.core.config import (
     resolve_path,
 )
 from gateway.core.events import EVENT_TYPES
+from gateway.core.suggest import nearest_key
 from gateway.mapping.check import mapping_problems
 from gateway.transport.config import BrokerConfig
 
@@ -85,6 +86,8 @@ class StoreConfig(Model):
     min_free_bytes: ByteSizeOrZero = 64 * 1024**2
     #: Size of ``<path>.reserve``, kept free for cursor moves (0: no reserve).
     reserve_bytes: ByteSizeOrZero = 8 * 1024**2
+    #: How long discarded dead letters are kept in the archive before deletion.
+    discarded_retention: PositiveDuration = 30 * 86400.0
 
 
 #: The device plugin registry: ``driver`` picks the model (and the driver).
@@ -287,6 +290,9 @@ def _format(err: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not part of the configuration schema)"
+            hint = nearest_key(GatewayConfig, tuple(e["loc"]))
+            if hint is not None:
+                msg += f"; did you mean {hint!r}?"
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):

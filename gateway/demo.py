@@ -27,6 +27,7 @@ import structlog
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.logs import configure_logging
+from gateway.ops.demo_text import DemoSite, closing_line, try_this, write_demo_token
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +37,8 @@ _SORTER_MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
 
 def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
                 scanners: int, conveyor_ports: list[int] | None = None,
-                sorter_port: int | None = None, amrs: bool = False) -> dict[str, Any]:
+                sorter_port: int | None = None, amrs: bool = False,
+                status_token_file: Path | None = None) -> dict[str, Any]:
     """The demo's gateway config as data: a site with the simulated devices given."""
     from simulators.conveyor_plc import gateway_device
 
@@ -68,7 +70,8 @@ def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port
                         "manufacturer": "SimRobotics"})
     return {
         "site": {"id": "DC-EAST-1"},
-        "store": {"path": store_path, "max_bytes": "256 MiB"},
+        # Delivered events stay an hour, for the container search and `events tail`.
+        "store": {"path": store_path, "max_bytes": "256 MiB", "retention": "1h"},
         "brokers": [{"id": "site", "host": "127.0.0.1", "port": broker_port}],
         "devices": devices,
         "sinks": [
@@ -76,7 +79,8 @@ def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port
              "routes": ["scan", "pick", "pack", "move", "exception"]},
             {"id": "mqtt-out", "type": "mqtt", "broker": "site", "prefix": "wh"},
         ],
-        "status": {"host": "127.0.0.1", "port": status_port},
+        "status": {"host": "127.0.0.1", "port": status_port,
+                   **({"token_file": status_token_file} if status_token_file else {})},
     }
 
 
@@ -132,6 +136,7 @@ async def _demo(args: argparse.Namespace) -> None:
     await wms.start()
     children: list[ChildProcess] = []
     conveyor_ports: list[int] = []
+    conveyor_control: str | None = None
     sorter_port: int | None = None
     try:
         if args.conveyors:
@@ -145,6 +150,7 @@ async def _demo(args: argparse.Namespace) -> None:
                                            "conveyor_simulator_listening")
             ports = line["ports"]
             conveyor_ports = [int(p) for p in ports] if isinstance(ports, list) else []
+            conveyor_control = str(line["control"]) if line.get("control") else None
         if args.sorter:
             sorter_port = free_port()
             sorter = simulator("sorter", [
@@ -166,10 +172,12 @@ async def _demo(args: argparse.Namespace) -> None:
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         raise
+    token_file, token = write_demo_token(data)
     text = demo_config_text(store_path=data / "buffer.db", broker_port=broker.port,
                             wms_url=wms.url, status_port=args.status_port,
                             scanners=args.scanners, conveyor_ports=conveyor_ports,
-                            sorter_port=sorter_port, amrs=bool(args.amrs))
+                            sorter_port=sorter_port, amrs=bool(args.amrs),
+                            status_token_file=token_file)
     await asyncio.to_thread((data / "gateway.toml").write_text, text, encoding="utf-8")
     cfg = parse_config(tomllib.loads(text), data / "gateway.toml")
     gateway = Gateway(cfg)
@@ -191,26 +199,17 @@ async def _demo(args: argparse.Namespace) -> None:
         fleet_task = asyncio.create_task(
             asyncio.to_thread(fleet.run, None, args.rate, fleet_stop), name="scanners"
         )
-        _say("")
-        _say("warehouse gateway demo is running")
-        _say(f"  status page     http://{cfg.status.host}:{cfg.status.port}/")
-        _say(f"  status API      http://{cfg.status.host}:{cfg.status.port}/api/status")
-        _say(f"  metrics         http://{cfg.status.host}:{cfg.status.port}/metrics")
-        _say(f"  MQTT broker     mqtt://{broker.host}:{broker.port}  "
-             f"(events out on wh/{cfg.site.id}/events/#)")
-        _say(f"  WMS simulator   {wms.url}  (stats: http://127.0.0.1:{wms.control_port}/stats)")
-        _say(f"  scanners        {args.scanners} publishing {args.rate}/s to "
-             "site/DC-EAST-1/scanners/<id>/reads")
-        if conveyor_ports:
-            _say(f"  conveyors       {len(conveyor_ports)} Modbus TCP PLCs on 127.0.0.1:"
-                 f"{','.join(map(str, conveyor_ports))}")
-        if sorter_port is not None:
-            _say(f"  sorter          OPC UA opc.tcp://127.0.0.1:{sorter_port}/")
-        if args.amrs:
-            _say(f"  AMRs            {args.amrs} VDA 5050 vehicles on the broker (uagv/v2/...)")
-        _say(f"  config, store   {data}")
-        _say("  Ctrl-C stops everything.")
-        _say("")
+        for text_line in try_this(DemoSite(
+                status=f"http://{cfg.status.host}:{cfg.status.port}", token=token,
+                config=data / "gateway.toml", wms_ingest=wms.url,
+                wms_control=f"http://127.0.0.1:{wms.control_port}",
+                broker=f"mqtt://{broker.host}:{broker.port}",
+                events_topic=f"wh/{cfg.site.id}/events/#", scanners=args.scanners,
+                scanner_rate=args.rate, conveyor_ports=conveyor_ports,
+                conveyor_control=conveyor_control,
+                sorter_endpoint=f"opc.tcp://127.0.0.1:{sorter_port}/" if sorter_port else None,
+                amrs=args.amrs)):
+            _say(text_line)
         waiters = [asyncio.create_task(stop.wait()), gw_task]
         await asyncio.wait(waiters, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
         waiters[0].cancel()
@@ -224,8 +223,9 @@ async def _demo(args: argparse.Namespace) -> None:
         with contextlib.suppress(Exception):
             await gw_task
         stats = wms.stats()
-        _say(f"demo stopped: WMS accepted {stats['unique']} unique events "
-             f"({stats['duplicates']} duplicates) from {fleet.published} scanner messages")
+        kinds = {d.id: getattr(d, "role", None) or d.driver for d in cfg.devices}
+        _say(closing_line(stats["unique"], stats["duplicates"],
+                          (r["event"]["device"] for r in wms.events), kinds))
         for child in children:
             await asyncio.to_thread(child.stop, 5)
         await wms.stop()

@@ -14,19 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from typing import Any
 
 import structlog
 
 from buffer.service import StoreService
 from gateway.core.protocols import Sink
-from gateway.core.records import Row
+from gateway.core.records import Row, SinkDeadLetter
 
 log = structlog.get_logger(__name__)
 
 #: How long an idle forwarder waits before looking again even without a
 #: wake-up (rows replayed by an operator command from another process).
 IDLE_POLL_S = 1.0
+
+
+def delivered_types(rows: list[Row], dead: list[SinkDeadLetter]) -> Counter[str]:
+    """Events of ``rows`` the sink took (not dead-lettered), per type."""
+    out = Counter(r.type for r in rows)
+    if dead:
+        rejected = {d.seq for d in dead}
+        out.subtract(r.type for r in rows if r.seq in rejected)
+    return out
 
 
 class Forwarder:
@@ -89,7 +99,8 @@ class Forwarder:
                 if advancing is not None:
                     await advancing  # surfaces a store error before going further
                 advancing = asyncio.create_task(
-                    service.advance(sink.id, scanned, dead), name=f"advance-{sink.id}"
+                    service.advance(sink.id, scanned, dead, delivered_types(rows, dead)),
+                    name=f"advance-{sink.id}",
                 )
                 self.cursor = scanned
                 self.batches += 1

@@ -1,42 +1,50 @@
 """Local status page and operations API (aiohttp), read-only unless a token is set.
 
 ``/`` status page, ``/api/status`` JSON, ``/metrics`` Prometheus text,
-``/healthz``, ``/readyz``, ``/api/dead-letters`` (GET, paged and streamed), and
-``POST /api/dead-letters/replay`` / ``/discard`` which need
-``Authorization: Bearer <status token>`` (``status.token_file``). When the
+``/healthz``, ``/readyz``, ``/api/dead-letters`` (GET, paged and streamed,
+filtered by sink, kind, reason, device and type), and the operator routes of
+``gateway.ops.api`` (replay, discard, audit, reconciliation, container trace;
+state changes need ``Authorization: Bearer <status token>``,
+``status.token_file``). When the
 server listens beyond loopback (``status.host`` not a loopback address),
 dead letter bodies need that token too.
 
 The server knows the gateway only through ``StatusSource``: a typed
 ``GatewaySnapshot`` (gateway/core/snapshot.py; ``/metrics`` is rendered from
-it by gateway/metrics.py), readiness, and the few store calls the dead letter
-endpoints need.
+it by gateway/metrics.py), readiness, and the store (``with_store``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import functools
 import ipaddress
 import re
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import web
 
+from buffer.deadletters import DeadLetterFilter
 from gateway.config import StatusConfig
-from gateway.core.config import read_secret
 from gateway.core.records import DeadLetter, dead_letter_json
 from gateway.core.snapshot import GatewaySnapshot
 from gateway.history import History
 from gateway.metrics import CONTENT_TYPE, render_metrics
+from gateway.ops.api import FILTER_KEYS, OpsSource, query_filter
+from gateway.ops.api import add_routes as add_ops_routes
+from gateway.ops.auth import authorize
 from gateway.status_page import add_page_routes
+
+if TYPE_CHECKING:
+    from buffer.store import Store
 
 log = structlog.get_logger(__name__)
 
 
-class StatusSource(Protocol):
-    """What the status server needs from the gateway process."""
+class StatusSource(OpsSource, Protocol):
+    """What the status server needs from the gateway process (the store through
+    ``OpsSource.with_store``)."""
 
     #: Set while the gateway is ready (``/readyz``).
     ready: asyncio.Event
@@ -47,19 +55,6 @@ class StatusSource(Protocol):
 
     def snapshot(self) -> GatewaySnapshot:
         """Everything the status page and metrics show."""
-        ...
-
-    async def dead_letters(self, *, sink: str | None, kind: str | None, limit: int,
-                           after_id: int) -> list[DeadLetter]:
-        """Dead letters after ``after_id``, oldest first."""
-        ...
-
-    async def replay_dead_letters(self, ids: list[int]) -> int:
-        """Re-queue sink dead letters; raises ``StoreError`` naming a bad id."""
-        ...
-
-    async def discard_dead_letters(self, ids: list[int]) -> int:
-        """Delete dead letters for good."""
         ...
 
 
@@ -75,11 +70,10 @@ PAGE_MAX_BYTES = 4 * 1024 * 1024
 #: Body bytes read from the store per call, so memory does not grow with the page.
 READ_CHUNK_BYTES = 1024 * 1024
 READ_CHUNK_MAX = 16
-#: Largest SQLite integer (dead letter ids) and most ids per replay/discard request.
+#: Largest SQLite integer (dead letter ids).
 MAX_ID = 2**63 - 1
-MAX_IDS = 1000
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_DEAD_LETTER_PARAMS = ("after", "limit", "kind", "sink", "bodies")
+_DEAD_LETTER_PARAMS = ("after", "limit", "bodies", *FILTER_KEYS)
 
 
 def _source(request: web.Request) -> StatusSource:
@@ -169,13 +163,10 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
                                       f"{', '.join(_DEAD_LETTER_PARAMS)}")
     after = _int_param(q, "after", 0, 0, MAX_ID)
     limit = _int_param(q, "limit", PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)
-    kind = q.get("kind")
-    if kind is not None and kind not in ("sink", "ingest"):
-        raise web.HTTPBadRequest(text=f"kind must be 'sink' or 'ingest', got {kind[:40]!r}")
-    sink = q.get("sink")
+    flt = query_filter(q)
     bodies = _bool_param(q, "bodies", True)
     if bodies and not is_loopback_host(cfg.host):
-        _authorize(request, action="dead letter bodies")
+        authorize(request, cfg, action="dead letter bodies")
 
     resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
     resp.content_type = "application/json"
@@ -187,7 +178,8 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
     while not (more or exhausted):
         # One item past the limit tells whether another page follows.
         want = min(chunk, limit - written + 1)
-        items = await src.dead_letters(sink=sink, kind=kind, limit=want, after_id=cursor)
+        items = await src.with_store(functools.partial(
+            _read_dead_letters, flt=flt, limit=want, after_id=cursor))
         exhausted = len(items) < want
         biggest = max((len(d.body) for d in items), default=0)
         chunk = max(1, min(READ_CHUNK_MAX, READ_CHUNK_BYTES // max(1, biggest)))
@@ -206,65 +198,10 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _authorize(request: web.Request, action: str = "state-changing actions") -> None:
-    cfg = request.app[CONFIG_KEY]
-    path = cfg.token_file
-    if path is None:
-        if action == "state-changing actions":
-            text = "state-changing actions are disabled: set status.token_file in the config"
-        else:
-            text = (f"{action} are refused: the status server listens beyond loopback "
-                    f"(status.host = {cfg.host!r}) and no status.token_file is set; "
-                    "set one and send Authorization: Bearer <token>, or ask with ?bodies=0")
-        raise web.HTTPForbidden(text=text)
-    try:
-        expected = f"Bearer {read_secret(path, 'status token')}"
-    except ValueError as err:
-        log.error("status_token_unreadable", path=str(path), error=str(err))
-        raise web.HTTPServiceUnavailable(text=str(err)) from None
-    if not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                               expected.encode()):
-        raise web.HTTPUnauthorized(text="missing or wrong bearer token")
-
-
-async def _ids(request: web.Request) -> list[int]:
-    usage = (f'expected JSON {{"ids": [1, 2, ...]}} with 1 to {MAX_IDS} dead letter ids '
-             f"(integers from 1 to {MAX_ID})")
-    try:
-        doc = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"body is not JSON; {usage}") from None
-    ids = doc.get("ids") if isinstance(doc, dict) else None
-    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS:
-        raise web.HTTPBadRequest(text=f"ids missing or not a list of 1 to {MAX_IDS}; {usage}")
-    for i in ids:
-        if not isinstance(i, int) or isinstance(i, bool) or not 1 <= i <= MAX_ID:
-            shown = repr(i) if not isinstance(i, int) or i.bit_length() < 100 else "a huge integer"
-            raise web.HTTPBadRequest(text=f"ids: {shown[:40]} is not a dead letter id; {usage}")
-    return ids
-
-
-async def replay(request: web.Request) -> web.Response:
-    """Re-queue sink dead letters for the sink that rejected them."""
-    _authorize(request)
-    ids = await _ids(request)
-    from buffer.store import StoreError
-
-    try:
-        n = await _source(request).replay_dead_letters(ids)
-    except StoreError as err:
-        raise web.HTTPBadRequest(text=str(err)) from None
-    log.info("dead_letters_replayed", ids=ids, count=n)
-    return web.json_response({"replayed": n})
-
-
-async def discard(request: web.Request) -> web.Response:
-    """Delete dead letters for good."""
-    _authorize(request)
-    ids = await _ids(request)
-    n = await _source(request).discard_dead_letters(ids)
-    log.info("dead_letters_discarded", ids=ids, count=n)
-    return web.json_response({"discarded": n})
+def _read_dead_letters(store: Store, *, flt: DeadLetterFilter, limit: int,
+                       after_id: int) -> list[DeadLetter]:
+    return store.dead_letters(sink=flt.sink, kind=flt.kind, reason=flt.reason,
+                              device=flt.device, type=flt.type, limit=limit, after_id=after_id)
 
 
 def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
@@ -278,8 +215,7 @@ def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     app.router.add_get("/api/status", api_status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/dead-letters", dead_letters)
-    app.router.add_post("/api/dead-letters/replay", replay)
-    app.router.add_post("/api/dead-letters/discard", discard)
+    add_ops_routes(app, source, cfg)
     return app
 
 

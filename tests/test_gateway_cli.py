@@ -155,18 +155,29 @@ def test_dead_letters_lists_both(built: Built, capsys: pytest.CaptureFixture[str
     code, out, err = run(["store", "dead-letters", "--db", str(built.path)], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert len(lines) == 2
-    assert lines[0].split("\t") == [
+    assert len(lines) == 3
+    assert lines[0].split("\t") == ["id", "time (UTC)", "kind", "sink/device", "type",
+                                    "container/code", "category", "event id / payload",
+                                    "reason"]
+    assert lines[1].split("\t") == [
         str(built.sink_dl),
+        "2026-11-23 10:15:02",
         "sink",
         "wms",
+        "scan",
+        "TOTE-0",
+        "business",
         built.events[0].event_id,
         "422: unknown container",
     ]
-    assert lines[1].split("\t") == [
+    assert lines[2].split("\t") == [
         str(built.ingest_dl),
+        "2026-11-23 10:15:02",
         "ingest",
         "scan-1",
+        "-",
+        "-",
+        "ingest",
         BAD_PAYLOAD.decode(),
         "not_json: Expecting property name",
     ]
@@ -189,7 +200,7 @@ def test_dead_letters_filters(
     code, out, _ = run(["store", "dead-letters", "--db", str(built.path), *filters], capsys)
     assert code == 0
     if kinds:
-        assert [line.split("\t")[1] for line in out.splitlines()] == kinds
+        assert [line.split("\t")[2] for line in out.splitlines()[1:]] == kinds
     else:
         assert out == "no dead letters\n"
 
@@ -197,7 +208,7 @@ def test_dead_letters_filters(
 def test_dead_letters_after(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["store", "dead-letters", "--db", str(built.path), "--after", str(built.sink_dl)]
     _, out, _ = run(argv, capsys)
-    assert [line.split("\t")[0] for line in out.splitlines()] == [str(built.ingest_dl)]
+    assert [line.split("\t")[0] for line in out.splitlines()[1:]] == [str(built.ingest_dl)]
 
 
 def test_dead_letters_json(built: Built, capsys: pytest.CaptureFixture[str]) -> None:

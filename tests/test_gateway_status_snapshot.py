@@ -222,7 +222,9 @@ async def test_cli_and_api_give_dead_letters_the_same_json(
     assert len(api) == 2
     assert cli == api
     assert set(api[0]) == {"id", "kind", "sink", "device", "event_id", "type", "reason",
-                           "created", "context", "body_bytes", "body_b64"}
+                           "category", "container", "created", "context", "body_bytes",
+                           "body_b64"}
+    assert (api[0]["category"], api[0]["container"]) == ("ingest", None)
     assert api[0]["context"]["raw_header"] == "AQI="  # base64 of the bytes
     assert api[0]["body_bytes"] == len(b"\x00\xff raw")
 

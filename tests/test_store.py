@@ -24,7 +24,14 @@ from waiting import ManualClock as FakeClock
 from waiting import wait_until
 
 from buffer.service import StoreService
-from buffer.store import ROW_OVERHEAD, OpenReport, Store, StoreDiskFull, StoreError
+from buffer.store import (
+    ROW_OVERHEAD,
+    SCHEMA_VERSION,
+    OpenReport,
+    Store,
+    StoreDiskFull,
+    StoreError,
+)
 from gateway.core.events import Event
 from gateway.core.records import IngestDeadLetter, SinkDeadLetter
 
@@ -586,7 +593,8 @@ def test_newer_schema_version_is_refused(db: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer .* \(1\)") as info:
+    with pytest.raises(StoreError,
+                       match=rf"schema version 99 is newer .* \({SCHEMA_VERSION}\)") as info:
         Store(db)
     assert info.value.path == str(db)
     assert corrupt_files(db) == []  # refused, not treated as corrupt

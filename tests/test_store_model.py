@@ -127,6 +127,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.precious: dict[int, str] = {}
         # Ids appended lately: the store's redelivery window (invariant 5).
         self.recent: list[str] = []
+        # The reconciliation tallies, all days together: (type, sink, name) -> count.
+        self.tallies: Counter[tuple[str, str, str]] = Counter()
+        self.dead_types: dict[int, str] = {}  # sink dead letter id -> event type
 
     # -- helpers ------------------------------------------------------------------
 
@@ -357,6 +360,9 @@ class StoreMachine(RuleBasedStateMachine):
         for s in new:
             if after[s].priority != TELEMETRY:
                 self.precious[s] = after[s].event_id
+            self.tallies[(after[s].type, "", "accepted")] += 1
+        if result.dead_letters:
+            self.tallies[("(ingest)", "", "ingest_dead_letters")] += result.dead_letters
 
     @rule(data=st.data(), limit=st.integers(1, 20), routes=routes_st)
     def read_and_advance(
@@ -393,8 +399,9 @@ class StoreMachine(RuleBasedStateMachine):
             label="rejected",
         )
         dls = [SinkDeadLetter(r.seq, r.event_id, f"422 bad {r.type}") for r in rejected if r]
+        took = Counter(r.type for r in rows if r.seq <= to and r not in rejected)
 
-        deleted = self.db.advance(sink, to, dls)
+        deleted = self.db.advance(sink, to, dls, took)
         if dls:
             event("advance: with sink dead letters")
 
@@ -402,8 +409,14 @@ class StoreMachine(RuleBasedStateMachine):
             self.dead[self.next_dead_id] = MDead(
                 self.next_dead_id, "sink", sink, dl.event_id, dl.reason, self.rows[dl.seq].body
             )
+            self.dead_types[self.next_dead_id] = self.rows[dl.seq].type
             self.next_dead_id += 1
         self.counters.update(sink_dead_letters=len(dls))
+        for r in rejected:
+            if r:
+                self.tallies[(r.type, sink, "rejected")] += 1
+        for type_, n in took.items():
+            self.tallies[(type_, sink, "delivered")] += n
         self.cursors[sink] = to
         assert deleted == self.prune()
 
@@ -471,6 +484,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.rows[s] = after[s]
             self.precious[s] = after[s].event_id
         for i in ids:
+            self.tallies[(self.dead_types[i], self.dead[i].sink or "", "replayed")] += 1
             del self.dead[i]
         self.top += len(ids)
         self.counters.update(replayed_dead_letters=len(ids))
@@ -495,7 +509,9 @@ class StoreMachine(RuleBasedStateMachine):
         ids = data.draw(st.lists(st.sampled_from(sorted(self.dead)), min_size=1, unique=True))
         assert self.db.discard(ids) == len(ids)
         for i in ids:
-            del self.dead[i]
+            d = self.dead.pop(i)
+            type_ = self.dead_types[i] if d.kind == "sink" else "(ingest)"
+            self.tallies[(type_, d.sink or "", "discarded")] += 1
         self.counters.update(discarded_dead_letters=len(ids))
 
     # -- invariants -------------------------------------------------------------------
@@ -526,6 +542,18 @@ class StoreMachine(RuleBasedStateMachine):
         ]
         want = [(d.id, d.kind, d.sink, d.event_id, d.reason, d.body) for d in self.dead.values()]
         assert got == sorted(want)
+
+    @invariant()
+    def tallies_match(self) -> None:
+        got = Counter({(t, s, name): n for t, s, name, n in self.db._conn.execute(
+            "SELECT type, sink, name, SUM(n) FROM tallies GROUP BY type, sink, name")})
+        assert got == +self.tallies
+        # The audit trail has a row per replay and discard, their counts add up.
+        trail = self.db.audit_trail(limit=100_000)
+        for action in ("replay", "discard"):
+            done = sum(a["count"] for a in trail if a["action"] == action)
+            assert done == sum(n for (_, _, name), n in self.tallies.items()
+                               if name == f"{action}ed")
 
     @invariant()
     def counters_match(self) -> None:
