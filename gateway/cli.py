@@ -47,9 +47,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_or_exit_code(args.config)
     if isinstance(cfg, int):
         return cfg
+    from gateway.certcheck import check_certificates
+
+    files = check_certificates(cfg)
+    bad = [f for f in files if not f.ok]
+    for f in files:
+        if f.ok:
+            _out(f.line())
+        else:
+            _err(f"error: {args.config}: {f.line()}")
+    if bad:
+        return EXIT_MISSING_FILE
     _out(f"{args.config}: ok — site {cfg.site.id}, {len(cfg.brokers)} broker(s), "
          f"{len(cfg.devices)} device(s), {len(cfg.sinks)} sink(s), store {cfg.store.path}")
+    for warning in _insecure(cfg):
+        _err(f"warning: {warning}")
     return 0
+
+
+def _insecure(cfg: GatewayConfig) -> list[str]:
+    """Config choices that work but weaken security (said at every check)."""
+    from gateway.core.tls import INSECURE_WARNING
+
+    out = [f"brokers[{i}] ({b.id}): {INSECURE_WARNING}"
+           for i, b in enumerate(cfg.brokers) if b.tls and b.insecure]
+    out += [f"sinks[{i}] ({s.id}): {INSECURE_WARNING}"
+            for i, s in enumerate(cfg.sinks) if getattr(s, "insecure", False)]
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:

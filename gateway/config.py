@@ -27,6 +27,7 @@ from gateway.core.config import (
     Model,
     PositiveDuration,
     SinkModel,
+    is_loopback_host,
     no_inline_secrets,
     parse_bytes,
     parse_duration,
@@ -203,11 +204,18 @@ class StatusConfig(Model):
 
     @model_validator(mode="after")
     def _tls_pair(self) -> StatusConfig:
+        problems = []
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("status.cert_file and status.key_file go together (HTTPS); "
-                             "set both or neither")
+            problems.append("cert_file and key_file go together (HTTPS); set both or neither")
         if self.key_password_file is not None and self.key_file is None:
-            raise ValueError("status.key_password_file is set but status.key_file is not")
+            problems.append("key_password_file is set but key_file is not")
+        if self.enabled and self.token_file is None and not is_loopback_host(self.host):
+            problems.append(
+                f"host {self.host!r} is not a loopback address: beyond this machine the "
+                "status server needs token_file (dead letter bodies and actions are behind "
+                "it); set one, or listen on 127.0.0.1")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
