@@ -73,6 +73,8 @@ def _insecure(cfg: GatewayConfig) -> list[str]:
            for i, b in enumerate(cfg.brokers) if b.tls and b.insecure]
     out += [f"sinks[{i}] ({s.id}): {INSECURE_WARNING}"
             for i, s in enumerate(cfg.sinks) if getattr(s, "insecure", False)]
+    out += [f"devices[{i}] ({d.id}): {w}" for i, d in enumerate(cfg.devices)
+            for w in getattr(d, "security_warnings", list)()]
     return out
 
 

@@ -385,13 +385,13 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
                 problems.append(f"{where}: {err}")
         return resolved
 
-    sinks = [_resolve_files(sink, f"sinks[{i}]", secret, existing)
+    sinks = [_resolve_files(sink, f"sinks[{i}]", base, secret, existing)
              for i, sink in enumerate(cfg.sinks)]
-    brokers = [_resolve_files(broker, f"brokers[{i}]", secret, existing)
+    brokers = [_resolve_files(broker, f"brokers[{i}]", base, secret, existing)
                for i, broker in enumerate(cfg.brokers)]
-    devices = [_resolve_files(dev, f"devices[{i}]", secret, existing)
+    devices = [_resolve_files(dev, f"devices[{i}]", base, secret, existing)
                for i, dev in enumerate(cfg.devices)]
-    status = _resolve_files(cfg.status, "status", secret, existing)
+    status = _resolve_files(cfg.status, "status", base, secret, existing)
     if problems:
         raise ConfigError(file, problems + missing)
     if missing:
@@ -414,7 +414,7 @@ _SECRET_FILES = {"password_file": "password", "token_file": "token",
 
 
 def _resolve_files(
-    model: Any, where: str,
+    model: Any, where: str, base: Path,
     secret: Callable[[Path | None, str, str], Path | None],
     existing: Callable[[Path | None, str], Path | None],
 ) -> Any:
@@ -422,11 +422,15 @@ def _resolve_files(
     against the config's folder.
 
     Secrets must be readable and non-empty; other files (certificates, keys)
-    must exist. Each problem names the key path.
+    must exist. A ``*_folder`` (a trust folder) is only resolved: the gateway
+    creates it. Each problem names the key path.
     """
     updates: dict[str, Any] = {}
     for name in type(model).model_fields:
         value = getattr(model, name)
+        if name.endswith("_folder") and isinstance(value, Path):
+            updates[name] = resolve_path(base, value)
+            continue
         if not name.endswith("_file") or not isinstance(value, Path):
             continue
         what = _SECRET_FILES.get(name)

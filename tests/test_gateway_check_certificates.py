@@ -140,3 +140,34 @@ def test_insecure_broker_is_a_warning_at_check(tmp_path: Path) -> None:
     proc = gateway("check", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "warning: brokers[0] (site): TLS certificate verification is OFF" in proc.stderr
+
+
+def test_opcua_password_without_encryption_is_a_warning_at_check(tmp_path: Path) -> None:
+    ca = TestCa(tmp_path / "pki")
+    dev = ca.issue("opcua-client", hosts=(), client=True)
+    (tmp_path / "pw").write_text("pw\n")
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text() + f"""
+[[devices]]
+id = "sorter-1"
+driver = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+security_policy = "Aes128_Sha256_RsaOaep"
+security_mode = "Sign"
+certificate_file = "{dev.cert_file}"
+private_key_file = "{dev.key_file}"
+username = "op"
+password_file = "{tmp_path}/pw"
+trust_folder = "opcua-pki"
+
+[[devices.nodes]]
+node = "ns=2;s=A"
+point = "a"
+""")
+    proc = gateway("check", "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert "devices[1].certificate_file: " in proc.stdout
+    assert "devices[1].private_key_file: " in proc.stdout and "matches" in proc.stdout
+    assert proc.stderr.splitlines() == [
+        "warning: devices[1] (sorter-1): the password of user 'op' crosses a channel that is "
+        "not encrypted (security_mode 'Sign'); use security_mode 'SignAndEncrypt'"]
