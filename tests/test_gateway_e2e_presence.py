@@ -117,3 +117,24 @@ async def test_birth_then_will_on_sigkill_then_offline_on_clean_stop(
             assert gone["state"] == "down"
     finally:
         watcher.close()
+
+
+def test_documented_payloads_are_what_the_gateway_sends() -> None:
+    """docs/mqtt.md#presence shows each payload with exactly the fields, in order."""
+    from gateway.core.presence import device_payload, gateway_payload, will_payload
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text()
+    section = text[text.index("## Presence"):text.index("## TLS to the broker")]
+    documented = [json.loads(block.split("```", 1)[0])
+                  for block in section.split("```json\n")[1:]]
+    sent = [json.loads(p) for p in (
+        gateway_payload("online", "DC-EAST-1", 1.0, at=2.0),
+        will_payload("DC-EAST-1", 1.0),
+        gateway_payload("offline", "DC-EAST-1", 1.0, at=3.0, reason="stopped"),
+        device_payload("DC-EAST-1", "scan-01", True, 2.0),
+    )]
+    assert [list(d) for d in documented] == [list(s) for s in sent]
+    for doc, real in zip(documented, sent, strict=True):
+        for key in ("schema", "state", "reason", "site", "device"):
+            if key in real:
+                assert doc[key] == real[key], key
