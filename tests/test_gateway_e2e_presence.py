@@ -18,7 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until_sync
 
 from gateway.core.presence import gateway_version
-from simulators.broker import MosquittoBroker
+from simulators.broker import BrokerTls, MosquittoBroker
+from simulators.certs import Issued, TestCa
 from simulators.harness.gateway import GatewayProcess
 
 GATEWAY_TOPIC = "wh/DC-EAST-1/gateway/status"
@@ -27,7 +28,7 @@ GATEWAY_TOPIC = "wh/DC-EAST-1/gateway/status"
 class Watcher:
     """Subscribes to the presence topics; remembers every message and whether it was retained."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: tuple[Path, Issued] | None = None) -> None:
         self.seen: list[tuple[str, dict[str, Any], bool]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -35,6 +36,10 @@ class Watcher:
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
             [(GATEWAY_TOPIC, 1), ("wh/DC-EAST-1/devices/+/status", 1)])
         self.client.on_message = self._on_message
+        if tls is not None:
+            ca, mine = tls
+            self.client.tls_set(ca_certs=str(ca), certfile=str(mine.cert_file),
+                                keyfile=str(mine.key_file))
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -138,3 +143,27 @@ def test_documented_payloads_are_what_the_gateway_sends() -> None:
         for key in ("schema", "state", "reason", "site", "device"):
             if key in real:
                 assert doc[key] == real[key], key
+
+
+async def test_presence_over_mutual_tls(tmp_path: Path) -> None:
+    """The gateway's MQTT sink on a broker that requires client certificates."""
+
+    ca = TestCa(tmp_path / "pki")
+    server = ca.issue("broker", hosts=("127.0.0.1",))
+    gw_cert = ca.issue("gateway", hosts=(), client=True)
+    sub_cert = ca.issue("watcher", hosts=(), client=True)
+    tls = BrokerTls(server.cert_file, server.key_file, ca.cert_file, require_certificate=True)
+    with MosquittoBroker(tmp_path / "mosquitto", tls=tls) as tls_broker:
+        cfg = site(tmp_path, tls_broker, None, mqtt_sink=True, scanners=0, broker_extra={
+            "tls": True, "ca_file": ca.cert_file, "cert_file": gw_cert.cert_file,
+            "key_file": gw_cert.key_file})
+        with GatewayProcess(cfg) as gw:
+            await start(gw)
+            watcher = Watcher(tls_broker.port, tls=(ca.cert_file, sub_cert))
+            try:
+                await wait_until(lambda: watcher.states()[-1:] == ["online"], 20,
+                                 "birth over TLS")
+            finally:
+                watcher.close()
+            assert gw.status()["sinks"]["mqtt-out"]["state"] == "ok"
+            assert gw.status()["alerts"] == []
