@@ -15,7 +15,7 @@ import asyncio
 from pathlib import Path
 
 from e2e import start, wait_until
-from test_driver_opcua_security import client_certificate
+from test_driver_opcua_security import client_and_password
 from test_gateway_e2e_opcua import DEVICE, device, expected_ids, gateway, scans_logged
 
 from simulators.harness.sorter import SorterProcess
@@ -27,10 +27,7 @@ SIGNED = "sorter-signed"
 async def test_unknown_server_certificate_is_rejected_until_moved_to_trusted(
     tmp_path: Path, wms: WmsSimulator
 ) -> None:
-    (tmp_path / "client").mkdir()
-    cert, key = await client_certificate(tmp_path / "client")
-    password = tmp_path / "password"
-    password.write_text("s3cret\n")
+    cert, key, password = await client_and_password(tmp_path)
     trust = tmp_path / "opcua-pki"
     sorter = SorterProcess(tmp_path / "sorter", rate=50, total=40, seed=3, extra=[
         "--security", "sign-and-encrypt", "--certs", str(tmp_path / "server-certs"),
@@ -76,10 +73,7 @@ async def test_unknown_server_certificate_is_rejected_until_moved_to_trusted(
 
 async def test_aes128_sign_with_password_works_and_warns(tmp_path: Path,
                                                          wms: WmsSimulator) -> None:
-    (tmp_path / "client").mkdir()
-    cert, key = await client_certificate(tmp_path / "client")
-    password = tmp_path / "password"
-    password.write_text("s3cret\n")
+    cert, key, password = await client_and_password(tmp_path)
     sorter = SorterProcess(tmp_path / "sorter", rate=50, total=20, seed=4, extra=[
         "--security", "sign", "--certs", str(tmp_path / "server-certs"),
         "--user", "operator", "--password-file", str(password)])
