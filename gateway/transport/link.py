@@ -353,6 +353,7 @@ class MqttLink:
             self.takeover.connect_failed()
             return
         self.generation += 1
+        self._tls_error = None  # a TLS error of an earlier socket is not this one's
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
         self.last_error = None
