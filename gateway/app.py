@@ -108,7 +108,8 @@ class Gateway:
             window_s=cfg.store.group_commit,
             max_units=cfg.store.group_commit_max,
         )
-        self.sinks: list[Sink] = build_sinks(cfg)
+        self.sinks: list[Sink] = build_sinks(cfg, started_at=self.started_at,
+                                             devices=self.device_states)
         self.drivers: list[Driver] = build_drivers(cfg, self.committer)
         self.forwarders: list[Forwarder] = []
         self.store_stats: dict[str, Any] = {}
@@ -118,6 +119,11 @@ class Gateway:
         self.rejections = RejectionWatch()
         self.alert_book = AlertBook()
         self.history = History(STATS_REFRESH_S)
+
+    def device_states(self) -> dict[str, bool]:
+        """Whether each device is connected (MQTT presence topics)."""
+        return {dev_id: bool(figures.get("connected"))
+                for d in self.drivers for dev_id, figures in d.snapshot().items()}
 
     def _open_store(self) -> Store:
         s = self.cfg.store

@@ -10,7 +10,7 @@ chain: a new kind of device or sink is a new model in the config's unions
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from buffer.service import Committer
@@ -44,7 +44,9 @@ def driver_context(site: str, devices: Sequence[DeviceModel], committer: Committ
                          clock=clock)
 
 
-def build_sinks(cfg: GatewayConfig) -> list[Sink]:
-    """Every configured sink, in config order."""
-    ctx = SinkContext(site=cfg.site.id, brokers={b.id: b for b in cfg.brokers})
+def build_sinks(cfg: GatewayConfig, *, started_at: float = 0.0,
+                devices: Callable[[], Mapping[str, bool]] | None = None) -> list[Sink]:
+    """Every configured sink, in config order (``devices``: states for MQTT presence)."""
+    ctx = SinkContext(site=cfg.site.id, brokers={b.id: b for b in cfg.brokers},
+                      started_at=started_at, devices=devices)
     return [sc.build(ctx) for sc in cfg.sinks]

@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.exitcodes import (
     EXIT_FAILED,
+    EXIT_MISSING_FILE,
     EXIT_OK,
     EXIT_STORE_LOCKED,
     STARTUP_EXIT_CODES,
@@ -22,6 +24,9 @@ from gateway.ops.starter import add_init_command
 from gateway.ops.status_cli import add_status_command
 from gateway.ops.storefile import load_or_exit_code as _load_or_exit_code
 from gateway.ops.storefile import open_store as _open_store
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 
 def _out(text: str) -> None:
@@ -37,9 +42,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_or_exit_code(args.config)
     if isinstance(cfg, int):
         return cfg
+    from gateway.certcheck import check_certificates
+
+    files = check_certificates(cfg)
+    bad = [f for f in files if not f.ok]
+    for f in files:
+        if f.ok:
+            _out(f.line())
+        else:
+            _err(f"error: {args.config}: {f.line()}")
+    if bad:
+        return EXIT_MISSING_FILE
     _out(f"{args.config}: ok — site {cfg.site.id}, {len(cfg.brokers)} broker(s), "
          f"{len(cfg.devices)} device(s), {len(cfg.sinks)} sink(s), store {cfg.store.path}")
+    for warning in _insecure(cfg):
+        _err(f"warning: {warning}")
     return 0
+
+
+def _insecure(cfg: GatewayConfig) -> list[str]:
+    """Config choices that work but weaken security (said at every check)."""
+    from gateway.core.tls import INSECURE_WARNING
+
+    out = [f"brokers[{i}] ({b.id}): {INSECURE_WARNING}"
+           for i, b in enumerate(cfg.brokers) if b.tls and b.insecure]
+    out += [f"sinks[{i}] ({s.id}): {INSECURE_WARNING}"
+            for i, s in enumerate(cfg.sinks) if getattr(s, "insecure", False)]
+    out += [f"devices[{i}] ({d.id}): {w}" for i, d in enumerate(cfg.devices)
+            for w in getattr(d, "security_warnings", list)()]
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:

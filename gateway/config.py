@@ -27,6 +27,7 @@ from gateway.core.config import (
     Model,
     PositiveDuration,
     SinkModel,
+    is_loopback_host,
     no_inline_secrets,
     parse_bytes,
     parse_duration,
@@ -35,6 +36,7 @@ from gateway.core.config import (
 )
 from gateway.core.events import EVENT_TYPES
 from gateway.core.suggest import nearest_key
+from gateway.core.tls import ClientTls
 from gateway.mapping.check import mapping_problems
 from gateway.transport.config import BrokerConfig
 
@@ -115,8 +117,12 @@ class _SinkBase(SinkModel):
         return v
 
 
-class HttpSinkConfig(_SinkBase):
-    """A WMS/ERP ingest endpoint speaking the upstream HTTP contract."""
+class HttpSinkConfig(_SinkBase, ClientTls):
+    """A WMS/ERP ingest endpoint speaking the upstream HTTP contract.
+
+    For an ``https://`` url the TLS keys of ``ClientTls`` apply (per-sink CA,
+    client certificate, version floor).
+    """
 
     type: Literal["http"]
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
@@ -137,6 +143,13 @@ class HttpSinkConfig(_SinkBase):
     @classmethod
     def _secrets(cls, data: Any) -> Any:
         return no_inline_secrets(data, ("token",))
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> HttpSinkConfig:
+        stray = self.tls_keys_set()
+        if stray and not self.url.startswith("https://"):
+            raise ValueError(f"{', '.join(stray)} set but url is not https://")
+        return self
 
     def build(self, ctx: SinkContext) -> SinkProtocol:
         """An ``HttpSink`` (imports aiohttp)."""
@@ -165,12 +178,15 @@ class MqttSinkConfig(_SinkBase):
     prefix: str = "wh"
     window: Annotated[int, Field(ge=1, le=65535)] = 100
     retain: bool = False
+    #: Birth, last will and device status topics (docs/mqtt.md#presence).
+    presence: bool = True
 
     def build(self, ctx: SinkContext) -> SinkProtocol:
         """An ``MqttSink`` on its broker (imports paho)."""
         from gateway.sinks.mqtt import MqttSink
 
-        return MqttSink(self, ctx.brokers[self.broker], ctx.site)
+        return MqttSink(self, ctx.brokers[self.broker], ctx.site, started_at=ctx.started_at,
+                        devices=ctx.devices)
 
 
 #: One ``[[sinks]]`` table (not to be confused with ``gateway.core.protocols.Sink``,
@@ -185,6 +201,26 @@ class StatusConfig(Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     token_file: Path | None = None
+    #: Serve HTTPS with this certificate (PEM, may hold the chain) and key.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> StatusConfig:
+        problems = []
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("cert_file and key_file go together (HTTPS); set both or neither")
+        if self.key_password_file is not None and self.key_file is None:
+            problems.append("key_password_file is set but key_file is not")
+        if self.enabled and self.token_file is None and not is_loopback_host(self.host):
+            problems.append(
+                f"host {self.host!r} is not a loopback address: beyond this machine the "
+                "status server needs token_file (dead letter bodies and actions are behind "
+                "it); set one, or listen on 127.0.0.1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class LogConfig(Model):
@@ -358,23 +394,13 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
                 problems.append(f"{where}: {err}")
         return resolved
 
-    sinks: list[Any] = [
-        sink.model_copy(update={
-            "token_file": secret(sink.token_file, f"sinks[{i}].token_file", "token")})
-        if isinstance(sink, HttpSinkConfig) else sink
-        for i, sink in enumerate(cfg.sinks)
-    ]
-    brokers = [
-        broker.model_copy(update={
-            "password_file": secret(broker.password_file, f"brokers[{i}].password_file",
-                                    "password"),
-            "ca_file": existing(broker.ca_file, f"brokers[{i}].ca_file"),
-        })
-        for i, broker in enumerate(cfg.brokers)
-    ]
-    devices = [_resolve_device_files(dev, f"devices[{i}]", base, secret, existing)
+    sinks = [_resolve_files(sink, f"sinks[{i}]", base, secret, existing)
+             for i, sink in enumerate(cfg.sinks)]
+    brokers = [_resolve_files(broker, f"brokers[{i}]", base, secret, existing)
+               for i, broker in enumerate(cfg.brokers)]
+    devices = [_resolve_files(dev, f"devices[{i}]", base, secret, existing)
                for i, dev in enumerate(cfg.devices)]
-    status_token = secret(cfg.status.token_file, "status.token_file", "status token")
+    status = _resolve_files(cfg.status, "status", base, secret, existing)
     if problems:
         raise ConfigError(file, problems + missing)
     if missing:
@@ -386,32 +412,41 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
             "brokers": brokers,
             "devices": devices,
             "store": cfg.store.model_copy(update={"path": store_path}),
-            "status": cfg.status.model_copy(update={"token_file": status_token}),
+            "status": status,
         }
     )
 
 
-#: Device fields holding a secret (read and checked as one at load time).
-_SECRET_FILES = {"password_file": "password", "token_file": "token"}
+#: Fields holding a secret (read and checked as one at load time), and what each is.
+_SECRET_FILES = {"password_file": "password", "token_file": "token",
+                 "key_password_file": "key password"}
 
 
-def _resolve_device_files(
-    dev: Any, where: str, base: Path,
+def _resolve_files(
+    model: Any, where: str, base: Path,
     secret: Callable[[Path | None, str, str], Path | None],
     existing: Callable[[Path | None, str], Path | None],
 ) -> Any:
-    """Resolve every ``*_file`` path of a device against the config's folder.
+    """Resolve every ``*_file`` path of a broker, device, sink or the status table
+    against the config's folder.
 
     Secrets must be readable and non-empty; other files (certificates, keys)
-    must exist. Each problem names the key path.
+    must exist. A ``*_folder`` (a trust folder) is only resolved: the gateway
+    creates it. Each problem names the key path.
     """
     updates: dict[str, Any] = {}
-    for name in type(dev).model_fields:
-        value = getattr(dev, name)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name.endswith("_folder") and isinstance(value, Path):
+            updates[name] = resolve_path(base, value)
+            continue
         if not name.endswith("_file") or not isinstance(value, Path):
             continue
-        if name in _SECRET_FILES:
-            updates[name] = secret(value, f"{where}.{name}", _SECRET_FILES[name])
+        what = _SECRET_FILES.get(name)
+        if what is not None:
+            if where == "status" and name == "token_file":
+                what = "status token"
+            updates[name] = secret(value, f"{where}.{name}", what)
             continue
         updates[name] = existing(value, f"{where}.{name}")
-    return dev.model_copy(update=updates) if updates else dev
+    return model.model_copy(update=updates) if updates else model

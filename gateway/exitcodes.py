@@ -5,7 +5,8 @@ from __future__ import annotations
 # Exit codes of ``run`` (and of ``check`` for 2 and 5): 0 stopped on request,
 # 1 failed (``gateway_failed`` in the log), 2 configuration invalid, 3 the store
 # is in use by another gateway, 4 the status port cannot be bound, 5 a
-# certificate, key or CA file named in the config is missing or unreadable,
+# certificate, key or CA file named in the config is missing or unreadable
+# (and, for ``check``, does not parse, is expired or does not match its key),
 # 6 the store's folder or file cannot be created, read or written. Codes 3 to 6
 # come with exactly one line on stderr naming the problem.
 EXIT_OK = 0

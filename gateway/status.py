@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import re
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,8 +26,10 @@ from aiohttp import web
 
 from buffer.deadletters import DeadLetterFilter
 from gateway.config import StatusConfig
+from gateway.core.config import is_loopback_host
 from gateway.core.records import DeadLetter, dead_letter_json
 from gateway.core.snapshot import GatewaySnapshot
+from gateway.core.tls import server_context
 from gateway.history import History
 from gateway.metrics import CONTENT_TYPE, render_metrics
 from gateway.ops.api import FILTER_KEYS, OpsSource, query_filter
@@ -102,27 +103,6 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics."""
     return web.Response(body=render_metrics(_source(request).snapshot()).encode(),
                         headers={"Content-Type": CONTENT_TYPE})
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when a listen address only accepts connections from this machine.
-
-    ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``, also
-    IPv4-mapped) are; wildcards (``0.0.0.0``, ``::``, empty), LAN addresses and
-    any other host name (it may resolve to anything) are not.
-    """
-    name = host.strip().rstrip(".").lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    if name == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
 
 
 def _int_param(q: Any, name: str, default: int, lo: int, hi: int) -> int:
@@ -235,15 +215,19 @@ class StatusServer:
 
     async def start(self) -> None:
         """Bind and listen; raise ``OSError`` when the address cannot be bound."""
-        runner = web.AppRunner(make_app(self.source, self.cfg), access_log=None)
+        c = self.cfg
+        tls = (server_context(c.cert_file, c.key_file, c.key_password_file)
+               if c.cert_file is not None and c.key_file is not None else None)
+        runner = web.AppRunner(make_app(self.source, c), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.cfg.host, self.cfg.port).start()
+            await web.TCPSite(runner, c.host, c.port, ssl_context=tls).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        log.info("status_listening", url=f"http://{self.cfg.host}:{self.cfg.port}/")
+        scheme = "https" if tls is not None else "http"
+        log.info("status_listening", url=f"{scheme}://{c.host}:{c.port}/")
 
     async def serve(self) -> None:
         """Serve until cancelled (binding first unless ``start`` did)."""

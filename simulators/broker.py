@@ -20,12 +20,13 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
-__all__ = ["MosquittoBroker", "find_mosquitto", "free_port"]
+__all__ = ["BrokerTls", "MosquittoBroker", "find_mosquitto", "free_port"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,21 @@ def _tail(path: Path) -> str:
         return ""
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """A TLS listener: the broker's certificate and key, and the CA clients chain to.
+
+    With ``require_certificate`` a client must present a certificate signed by
+    ``ca_file`` (mutual TLS).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    require_certificate: bool = False
+    tls_version: str | None = None  # e.g. "tlsv1.3": the only version offered
+
+
 class MosquittoBroker:
     """One Mosquitto process on a loopback port, configured for gateway work.
 
@@ -102,12 +118,14 @@ class MosquittoBroker:
         *,
         persistence: bool = True,
         autosave_interval: int = 1,
+        tls: BrokerTls | None = None,
     ) -> None:
         if autosave_interval < 0:
             raise ValueError(f"autosave_interval must be >= 0 seconds, got {autosave_interval}")
         self._workdir = Path(workdir)
         self._persistence = persistence
         self._autosave_interval = autosave_interval
+        self._tls = tls
         self._host = host
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port(host)
@@ -140,6 +158,7 @@ class MosquittoBroker:
     def _write_config(self) -> None:
         lines = [
             f"listener {self._port} {self._host}",
+            *self._tls_lines(),
             "allow_anonymous true",
             # With persistence, sessions and their queued messages are saved on
             # stop and every autosave_interval seconds, and restored on start.
@@ -166,6 +185,14 @@ class MosquittoBroker:
             # workdir (pytest's tmp_path is mode 0700).
             lines.insert(0, f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _tls_lines(self) -> list[str]:
+        t = self._tls
+        if t is None:
+            return []
+        return [f"certfile {t.cert_file}", f"keyfile {t.key_file}", f"cafile {t.ca_file}",
+                f"require_certificate {'true' if t.require_certificate else 'false'}",
+                *([f"tls_version {t.tls_version}"] if t.tls_version else [])]
 
     def start(self) -> None:
         """Start the broker and wait until it accepts TCP connections.

@@ -60,10 +60,15 @@ _CONFIRM_PROPS = [("TrackingId", ua.VariantType.String), ("ConfirmSeq", ua.Varia
                   ("Barcode", ua.VariantType.String), ("Induct", ua.VariantType.String),
                   ("Chute", ua.VariantType.String), ("Result", ua.VariantType.String)]
 
+#: Endpoints offered per ``--security``: every policy the gateway supports, in that mode.
 SECURITY = {
     "none": (ua.SecurityPolicyType.NoSecurity,),
-    "sign": (ua.SecurityPolicyType.Basic256Sha256_Sign,),
-    "sign-and-encrypt": (ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,),
+    "sign": (ua.SecurityPolicyType.Basic256Sha256_Sign,
+             ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+             ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign),
+    "sign-and-encrypt": (ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                         ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+                         ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt),
 }
 
 

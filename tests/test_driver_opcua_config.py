@@ -61,7 +61,7 @@ endpoint = "opc.tcp://127.0.0.1:4840"
      '[[devices.nodes]]\nnode = "ns=2;s=A"\npoint = "a"',
      "security_policy 'Basic256Sha256' needs certificate_file and private_key_file"),
     ('security_mode = "SignAndEncrypt"\n[[devices.nodes]]\nnode = "ns=2;s=A"\npoint = "a"',
-     "security_mode 'SignAndEncrypt' needs security_policy 'Basic256Sha256'"),
+     "security_mode 'SignAndEncrypt' needs a security_policy (one of 'Basic256Sha256'"),
     ('username = "op"\npassword = "x"\n[[devices.nodes]]\nnode = "ns=2;s=A"\npoint = "a"',
      "'password' may not be written in the config file"),
     ('password_file = "pw"\n[[devices.nodes]]\nnode = "ns=2;s=A"\npoint = "a"',

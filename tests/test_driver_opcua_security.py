@@ -30,13 +30,19 @@ async def client_certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_sign_and_encrypt_with_user_delivers_and_wrong_password_alerts(
-    tmp_path: Path, wms: WmsSimulator
-) -> None:
+async def client_and_password(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The gateway's client certificate and key, and a password file (``s3cret``)."""
     (tmp_path / "client").mkdir()
     cert, key = await client_certificate(tmp_path / "client")
     password = tmp_path / "password"
     password.write_text("s3cret\n")
+    return cert, key, password
+
+
+async def test_sign_and_encrypt_with_user_delivers_and_wrong_password_alerts(
+    tmp_path: Path, wms: WmsSimulator
+) -> None:
+    cert, key, password = await client_and_password(tmp_path)
     wrong = tmp_path / "wrong-password"
     wrong.write_text("guess\n")
     sorter = SorterProcess(tmp_path / "sorter", rate=50, total=60, seed=2, extra=[

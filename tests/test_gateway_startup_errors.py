@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from simulators.broker import free_port
+from simulators.certs import TestCa
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,11 +132,12 @@ def test_missing_certificate_file_is_one_line_and_exit_5(
 
 def test_check_passes_once_the_file_is_there(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, broker_extra=MISSING_FILES["broker_ca_file"][0])
-    (tmp_path / "pki").mkdir()
-    (tmp_path / "pki" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    ca = TestCa(tmp_path / "pki")
+    ca.cert_file.rename(tmp_path / "pki" / "ca.pem")
     proc = gateway("check", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+    assert proc.stdout.startswith("brokers[0].ca_file: ")
 
 
 STORE_CASES = {

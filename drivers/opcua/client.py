@@ -14,10 +14,12 @@ from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.crypto import security_policies
+from asyncua.crypto import security_policies, uacrypto
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from drivers.opcua.config import OpcuaDevice
+from drivers.opcua.trust import TrustFolder, UntrustedCertificate
 from gateway.core.config import read_secret
 
 APPLICATION_NAME = "warehouse-gateway"
@@ -67,24 +69,50 @@ async def connect(dev: OpcuaDevice) -> Client:
             client.set_password(read_secret(dev.password_file, "password"))
     try:
         async with asyncio.timeout(dev.connect_timeout):
-            if dev.security_policy == "Basic256Sha256":
-                assert dev.certificate_file is not None and dev.private_key_file is not None
-                client.application_uri = (dev.application_uri
-                                          or certificate_uri(dev.certificate_file)
-                                          or DEFAULT_APPLICATION_URI)
-                mode = getattr(ua.MessageSecurityMode, dev.security_mode)
-                server_cert = (str(dev.server_certificate_file)
-                               if dev.server_certificate_file is not None else None)
-                # Without a server certificate this asks the server's endpoint list for it.
-                await client.set_security(
-                    security_policies.SecurityPolicyBasic256Sha256,
-                    str(dev.certificate_file), str(dev.private_key_file),
-                    server_certificate=server_cert, mode=mode)
+            if dev.security_policy != "None":
+                await _secure(client, dev)
             await client.connect(auto_reconnect=False)
     except BaseException:
         await close(client, 1.0)
         raise
     return client
+
+
+#: asyncua's policy of each configured ``security_policy``.
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+
+
+async def _secure(client: Client, dev: OpcuaDevice) -> None:
+    """Set the secure channel up: our certificate, and the server's once it is trusted.
+
+    A pinned ``server_certificate_file`` is the only certificate accepted
+    (asyncua refuses a session whose server presents another). Otherwise the
+    server's certificate comes from its endpoint list and, with a
+    ``trust_folder``, must be trusted there before anything secret is sent.
+    """
+    assert dev.certificate_file is not None and dev.private_key_file is not None
+    policy = POLICIES[dev.security_policy]
+    client.application_uri = (dev.application_uri or certificate_uri(dev.certificate_file)
+                              or DEFAULT_APPLICATION_URI)
+    mode = getattr(ua.MessageSecurityMode, dev.security_mode)
+    server_cert: str | bytes | None = (str(dev.server_certificate_file)
+                                       if dev.server_certificate_file is not None else None)
+    if server_cert is None and dev.trust_folder is not None:
+        endpoints = await client.connect_and_get_server_endpoints()
+        endpoint = Client.find_endpoint(endpoints, mode, policy.URI)
+        cert = uacrypto.x509_from_der(endpoint.ServerCertificate)  # type: ignore[no-untyped-call]
+        if cert is None:
+            raise UntrustedCertificate(f"{dev.endpoint} offers no server certificate for "
+                                       f"{dev.security_policy}/{dev.security_mode}")
+        der: bytes = cert.public_bytes(serialization.Encoding.DER)
+        await asyncio.to_thread(TrustFolder(dev.trust_folder).check, der, dev.endpoint)
+        server_cert = der
+    await client.set_security(policy, str(dev.certificate_file), str(dev.private_key_file),
+                              server_certificate=server_cert, mode=mode)
 
 
 async def close(client: Client, limit_s: float) -> None:

@@ -81,6 +81,10 @@ class OpcuaNode(Model):
         return _check_node_id(v)
 
 
+#: Security policies the driver speaks besides "None" (asyncua's names without "_").
+SECURE_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+
+
 class OpcuaDevice(DeviceModel):
     """An OPC UA server read through subscriptions (a sorter and/or its induct reader)."""
 
@@ -96,13 +100,18 @@ class OpcuaDevice(DeviceModel):
     induct: str | None = None
     #: Location of a reader, carried on its scan events.
     location: str | None = None
-    security_policy: Literal["None", "Basic256Sha256"] = "None"
+    security_policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep",
+                             "Aes256_Sha256_RsaPss"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     #: The gateway's application instance certificate (DER or PEM) and its key.
     certificate_file: Path | None = None
     private_key_file: Path | None = None
-    #: The server's certificate; without it, it is taken from the server's endpoint list.
+    #: The server's certificate, pinned: only this one is accepted.
     server_certificate_file: Path | None = None
+    #: Trust folder (``trusted/`` and ``rejected/`` inside): the server's certificate
+    #: must be in ``trusted/`` (or issued by a CA there); an unknown one is saved to
+    #: ``rejected/`` for the operator to move. Unused when the certificate is pinned.
+    trust_folder: Path | None = None
     #: Must match the URI in the certificate; read from the certificate when not set.
     application_uri: str | None = None
     username: str | None = None
@@ -145,19 +154,23 @@ class OpcuaDevice(DeviceModel):
         if self.security_policy == "None":
             if self.security_mode != "None":
                 problems.append(
-                    f"security_mode {self.security_mode!r} needs security_policy "
-                    "'Basic256Sha256'"
+                    f"security_mode {self.security_mode!r} needs a security_policy "
+                    f"(one of {', '.join(repr(p) for p in SECURE_POLICIES)})"
                 )
         else:
             if self.security_mode == "None":
                 problems.append(
-                    "security_policy 'Basic256Sha256' needs security_mode 'Sign' or "
+                    f"security_policy {self.security_policy!r} needs security_mode 'Sign' or "
                     "'SignAndEncrypt'"
                 )
             missing = [k for k in ("certificate_file", "private_key_file")
                        if getattr(self, k) is None]
             if missing:
-                problems.append(f"security_policy 'Basic256Sha256' needs {' and '.join(missing)}")
+                problems.append(f"security_policy {self.security_policy!r} needs "
+                                f"{' and '.join(missing)}")
+        if self.trust_folder is not None and self.security_policy == "None":
+            problems.append("trust_folder is set but security_policy is 'None' (no server "
+                            "certificate to check)")
         if self.password_file is not None and self.username is None:
             problems.append("password_file is set but username is not; set both or neither")
         if not self.events and not self.nodes:
@@ -175,6 +188,19 @@ class OpcuaDevice(DeviceModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def security_warnings(self) -> list[str]:
+        """Settings that work but weaken security (logged at start, shown as alerts)."""
+        out: list[str] = []
+        if self.password_file is not None and self.security_mode != "SignAndEncrypt":
+            out.append(f"the password of user {self.username!r} crosses a channel that is not "
+                       f"encrypted (security_mode {self.security_mode!r}); use "
+                       "security_mode 'SignAndEncrypt'")
+        if (self.security_policy != "None" and self.server_certificate_file is None
+                and self.trust_folder is None):
+            out.append("the server's certificate is taken from its endpoint list unchecked: "
+                       "set trust_folder (or pin server_certificate_file)")
+        return out
 
     @classmethod
     def build(cls, ctx: DriverContext[Any]) -> Driver:

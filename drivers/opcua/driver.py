@@ -62,6 +62,7 @@ from drivers.opcua.decode import (
 )
 from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
+from drivers.opcua.trust import UntrustedCertificate
 from gateway.core.aio import raise_if_cancelling
 from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
@@ -143,12 +144,16 @@ class OpcuaDriver:
         self.subscriptions_recreated = 0
         self.sessions = 0
         self.last_seen: float | None = None
+        #: Settings that weaken security: logged at start, shown as standing alerts.
+        self.security_warnings = device.security_warnings()
 
     # -- Driver protocol ------------------------------------------------------
 
     async def run(self) -> None:
         """Keep a session to the device until cancelled."""
         flusher = asyncio.create_task(self.ingest.run(), name=f"{self.name}-log-flush")
+        for warning in self.security_warnings:
+            log.warning("opcua_security_warning", device=self.device.id, warning=warning)
         try:
             while True:
                 raise_if_cancelling()  # asyncua's wait_for may have swallowed a cancel
@@ -186,6 +191,8 @@ class OpcuaDriver:
                              f"OPC UA device {self.device.id} unavailable: "
                              f"{a.last_error or 'not connected yet'}",
                              since=a.down_since, detail=a.last_error))
+        out += [Alert("insecure_transport", subject, f"OPC UA device {self.device.id}: {w}")
+                for w in self.security_warnings]
         off = [f"{r.cfg.source}: {r.no_history}" for r in self._events if r.no_history]
         if off:
             out.append(Alert("device_no_history", subject,
@@ -489,6 +496,8 @@ _PLAIN = frozenset({bool, int, str, type(None)})
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, UntrustedCertificate):
+        return str(err)  # already says what to do
     text = str(err) or type(err).__name__
     return f"{type(err).__name__}: {text}" if text != type(err).__name__ else text
 

@@ -77,6 +77,9 @@ _KINDS = [
          "the store lost its -wal file: reconcile the lost events with upstream"),
     Kind("task_failed", "critical",
          "a part of the gateway keeps failing: keep its traceback for a bug report"),
+    Kind("insecure_transport", "warning",
+         "a connection runs without verified TLS or sends a password in clear: "
+         "set up certificates (docs/operations.md, TLS and certificates)"),
     Kind("clock_skew", "warning",
          "the gateway's clock and the devices' clocks disagree: check NTP on both"),
 ]

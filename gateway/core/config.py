@@ -7,6 +7,7 @@ never imports a protocol library.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -170,3 +171,24 @@ def resolve_path(base: Path, p: Path | None) -> Path | None:
     if not p.is_absolute() and creds and (Path(creds) / p).exists():
         return Path(creds) / p
     return p if p.is_absolute() else (base / p)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when a listen address only accepts connections from this machine.
+
+    ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``, also
+    IPv4-mapped) are; wildcards (``0.0.0.0``, ``::``, empty), LAN addresses and
+    any other host name (it may resolve to anything) are not.
+    """
+    name = host.strip().rstrip(".").lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback

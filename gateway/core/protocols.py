@@ -225,3 +225,7 @@ class SinkContext:
     site: str
     #: Broker configs by id (``gateway.transport.config.BrokerConfig``).
     brokers: Mapping[str, Any] = field(default_factory=dict)
+    #: When the gateway started (wall clock), for its presence messages.
+    started_at: float = 0.0
+    #: Each device's connected state, by id (read while running, for presence).
+    devices: Callable[[], Mapping[str, bool]] | None = None

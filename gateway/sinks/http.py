@@ -24,6 +24,7 @@ import email.utils
 import hashlib
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from gateway.config import HttpSinkConfig
 from gateway.core.backoff import Backoff
 from gateway.core.records import Row, SinkDeadLetter
 from gateway.core.throttle import LogThrottle
+from gateway.core.tls import INSECURE_WARNING, client_context, describe_tls_error
 
 log = structlog.get_logger(__name__)
 
@@ -230,6 +232,13 @@ class HttpSink:
         self._wall = wall
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self._session: aiohttp.ClientSession | None = None
+        # Built once: a key or certificate that cannot be loaded fails here, naming it.
+        self._ssl: ssl.SSLContext | None = (
+            client_context(cfg) if cfg.url.startswith("https://") else None)
+        #: The TLS problem of the last attempt, until a request gets through.
+        self.tls_problem: str | None = None
+        if cfg.insecure:
+            log.warning("sink_tls_insecure", sink=cfg.id, warning=INSECURE_WARNING)
         self._token: str | None = None
         self._token_stamp: tuple[float, int] | None = None
         self.not_before = 0.0
@@ -251,7 +260,8 @@ class HttpSink:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-                connector=aiohttp.TCPConnector(limit=4, enable_cleanup_closed=True),
+                connector=aiohttp.TCPConnector(limit=4, enable_cleanup_closed=True,
+                                               ssl=self._ssl if self._ssl is not None else True),
                 # No Accept-Encoding, no decompression: max_response_bytes then
                 # bounds the memory a reply takes, with no gzip bomb around it.
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -392,7 +402,11 @@ class HttpSink:
             try:
                 reply = await self._exchange(body, headers)
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                self._transient(plain_error(err, self.cfg.timeout), None, None,
+                tls = self._describe_tls(err)
+                if tls is not None and tls != self.tls_problem:
+                    log.error("sink_tls_failed", sink=self.id, url=self.cfg.url, error=tls)
+                self.tls_problem = tls
+                self._transient(tls or plain_error(err, self.cfg.timeout), None, None,
                                 raw=f"{type(err).__name__}: {err}")
                 continue
             if isinstance(reply, _SinkError):
@@ -596,7 +610,31 @@ class HttpSink:
                 f"{err.detail} (paused; retrying every {self.cfg.paused_retry:g}s)")
         self._transient(err.detail, err.status, None)
 
+    def _describe_tls(self, err: BaseException) -> str | None:
+        """The TLS failure behind an aiohttp error, as one line (``None``: not TLS)."""
+        if self._ssl is None:
+            return None
+        peer = f"sink {self.id} ({URL(self.cfg.url).host})"
+        seen: set[int] = set()
+        cause: BaseException | None = err
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            nested = getattr(cause, "certificate_error", None) or getattr(cause, "os_error", None)
+            if isinstance(nested, BaseException) and nested is not cause:
+                cause = nested
+                continue
+            if isinstance(cause, ssl.SSLError):
+                return describe_tls_error(cause, peer)
+            if isinstance(cause, ConnectionResetError) and self.cfg.cert_file is None:
+                # A server refusing a TLS 1.3 client without a certificate may
+                # reset the connection instead of sending its alert.
+                return (f"TLS: {peer} reset the connection during TLS; if it requires a "
+                        "client certificate, set cert_file and key_file")
+            cause = cause.__cause__ or cause.__context__
+        return None
+
     def _success(self) -> None:
+        self.tls_problem = None
         if self._unavailable_logged or self.paused_auth is not None or self.paused_protocol:
             log.info("sink_available", sink=self.id)
         self._unavailable_logged = False
@@ -675,7 +713,9 @@ class HttpSink:
             "type": "http",
             "url": self.cfg.url,
             "state": state,
-            "alert": self.paused_auth or self.paused_protocol,
+            "alert": "; ".join(a for a in (
+                self.paused_auth or self.paused_protocol, self.tls_problem,
+                INSECURE_WARNING if self.cfg.insecure else None) if a) or None,
             "delivered": s.delivered,
             "requests": s.requests,
             "failures": s.failures,

@@ -10,6 +10,7 @@ deduplicate by ``event_id``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -19,22 +20,33 @@ import structlog
 from gateway.config import MqttSinkConfig
 from gateway.core.backoff import Backoff
 from gateway.core.records import Row, SinkDeadLetter
+from gateway.core.tls import INSECURE_WARNING
+from gateway.sinks.presence import DeviceStates, PresencePublisher
 from gateway.transport.config import BrokerConfig
 from gateway.transport.link import LinkDown, MqttLink
 
 log = structlog.get_logger(__name__)
 
+#: Budget of the clean-stop presence messages and of closing the link.
+_GOODBYE_S = 2.0
+
 
 class MqttSink:
     """Publishes events to MQTT subscribers."""
 
-    def __init__(self, cfg: MqttSinkConfig, broker: BrokerConfig, site: str) -> None:
+    def __init__(self, cfg: MqttSinkConfig, broker: BrokerConfig, site: str, *,
+                 started_at: float | None = None, devices: DeviceStates | None = None) -> None:
         self.cfg = cfg
         self.id = cfg.id
         self.routes = frozenset(cfg.routes) if cfg.routes is not None else None
         self.batch_max = cfg.batch_max
         self.site = site
-        self.link = MqttLink(broker, f"wh-gw-{site}-sink-{cfg.id}", persistent=False)
+        started = started_at or time.time()
+        will = PresencePublisher.will(cfg.prefix, site, started) if cfg.presence else None
+        self.link = MqttLink(broker, f"wh-gw-{site}-sink-{cfg.id}", persistent=False,
+                             will=will)
+        self.presence = (PresencePublisher(self.link, cfg.prefix, site, started, devices)
+                         if cfg.presence else None)
         self._backoff = Backoff(0.2, 10.0)
         self.delivered = 0
         self.republished = 0
@@ -47,8 +59,26 @@ class MqttSink:
         return f"{self.cfg.prefix}/{self.site}/events/{row.type}"
 
     async def run(self) -> None:
-        """Keep the broker connection up."""
-        await self.link.run()
+        """Keep the broker connection up (and the gateway's presence on it)."""
+        if self.presence is None:
+            await self.link.run()
+            return
+        link = asyncio.create_task(self.link.run(), name=f"mqtt-link-sink-{self.id}")
+        presence = asyncio.create_task(self.presence.run(), name=f"mqtt-presence-{self.id}")
+        try:
+            done, _ = await asyncio.wait({link, presence}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            presence.cancel()
+            # The clean-stop "offline" goes out while the link is still up.
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(_GOODBYE_S):
+                    await self.presence.goodbye()
+            link.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_GOODBYE_S):
+                    await asyncio.gather(link, presence, return_exceptions=True)
 
     async def close(self) -> None:
         """Nothing to close beyond the link, which ``run`` owns."""
@@ -119,6 +149,7 @@ class MqttSink:
                 None if self.last_refusal is None
                 else f"broker refuses publishes: {self.last_refusal}",
                 clash,
+                INSECURE_WARNING if self.link.broker.tls and self.link.broker.insecure else None,
             ) if a) or None,
             "refused": self.refused,
             "client_id": self.link.client_id,

@@ -7,11 +7,16 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from gateway.core.config import Duration, Identifier, Model, no_inline_secrets
+from gateway.core.config import Duration, Identifier, no_inline_secrets
+from gateway.core.tls import ClientTls
 
 
-class BrokerConfig(Model):
-    """An MQTT broker the gateway connects to (sources and sinks share it)."""
+class BrokerConfig(ClientTls):
+    """An MQTT broker the gateway connects to (sources and sinks share it).
+
+    With ``tls = true`` the TLS keys of ``ClientTls`` apply (CA, client
+    certificate, version floor, ``insecure``); without it they are an error.
+    """
 
     id: Identifier
     host: str = "127.0.0.1"
@@ -23,7 +28,6 @@ class BrokerConfig(Model):
     session_expiry: Duration = 86400.0
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
     tls: bool = False
-    ca_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -34,4 +38,7 @@ class BrokerConfig(Model):
     def _password_needs_user(self) -> BrokerConfig:
         if self.password_file is not None and self.username is None:
             raise ValueError("password_file is set but username is not; set both or neither")
+        stray = self.tls_keys_set()
+        if stray and not self.tls:
+            raise ValueError(f"{', '.join(stray)} set but tls is false; set tls = true")
         return self

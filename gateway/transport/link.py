@@ -37,6 +37,7 @@ from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
 from gateway.core.config import read_secret
 from gateway.core.throttle import LogThrottle
+from gateway.core.tls import INSECURE_WARNING, client_context, describe_tls_error
 from gateway.transport.config import BrokerConfig
 from gateway.transport.takeover import Takeover, TakeoverDetector
 
@@ -48,6 +49,34 @@ _CLASH_LOG_INTERVAL_S = 60.0
 
 #: Bytes read from the kernel at once; paho asks for 1-2 bytes at a time.
 _RECV_CHUNK = 256 * 1024
+
+
+class _TlsSocket:
+    """An ``SSLSocket`` that remembers the TLS error a read ended with.
+
+    paho turns a failed read into a bare "connection lost"; with TLS 1.3 a
+    broker refusing the client's certificate says so only in an alert read
+    after the handshake, and that alert is what the operator needs to see.
+    """
+
+    __slots__ = ("_sock", "error")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.error: ssl.SSLError | None = None
+
+    def recv(self, n: int) -> bytes:
+        try:
+            data: bytes = self._sock.recv(n)
+        except (ssl.SSLWantReadError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            raise  # no data yet, or the peer went away: not a TLS problem
+        except ssl.SSLError as err:
+            self.error = err
+            raise
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class _BufferedSocket:
@@ -191,11 +220,12 @@ class MqttLink:
                 read_secret(broker.password_file, "password") if broker.password_file else None
             )
             c.username_pw_set(broker.username, password)
+        self._tls_error: ssl.SSLError | None = None
         if broker.tls:
-            ctx = ssl.create_default_context(
-                cafile=str(broker.ca_file) if broker.ca_file else None
-            )
-            c.tls_set_context(ctx)
+            c.tls_set_context(client_context(broker))
+            if broker.insecure:
+                log.warning("mqtt_tls_insecure", broker=broker.id, client_id=client_id,
+                            warning=INSECURE_WARNING)
         if will is not None:
             topic, payload, qos, retain = will
             c.will_set(topic, payload, qos, retain)
@@ -219,10 +249,9 @@ class MqttLink:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if not self.broker.tls:
-            # Runs before paho reads anything from this socket (see class docstring).
-            sock = _BufferedSocket(sock)
-            client._sock = sock
+        # Runs before paho reads anything from this socket (see the class docstrings).
+        sock = _TlsSocket(sock) if self.broker.tls else _BufferedSocket(sock)
+        client._sock = sock
         self._in_loop(self._add_reader, sock)
 
     def _add_reader(self, sock: Any) -> None:
@@ -240,6 +269,8 @@ class MqttLink:
 
     def _remove_socket(self, sock: Any) -> None:
         assert self._loop is not None
+        if isinstance(sock, _TlsSocket) and sock.error is not None:
+            self._tls_error = sock.error
         if sock is self._sock:
             self._sock = None
         with contextlib.suppress(Exception):
@@ -323,6 +354,7 @@ class MqttLink:
             self.takeover.connect_failed()
             return
         self.generation += 1
+        self._tls_error = None  # a TLS error of an earlier socket is not this one's
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
         self.last_error = None
@@ -346,7 +378,11 @@ class MqttLink:
         was_up = self.connected.is_set()
         self.connected.clear()
         self._down.set()
-        self.last_error = f"disconnected: {self._describe(flags, reason)}"
+        sock = client._sock
+        tls_error = sock.error if isinstance(sock, _TlsSocket) else self._tls_error
+        self._tls_error = None
+        tls = describe_tls_error(tls_error, self._peer) if tls_error is not None else None
+        self.last_error = tls or f"disconnected: {self._describe(flags, reason)}"
         if was_up:
             self._classify_drop(flags, reason)
         for fut in self._pubacks.values():
@@ -386,6 +422,10 @@ class MqttLink:
                            error=found.message)
 
     @property
+    def _peer(self) -> str:
+        return f"broker {self.broker.id} ({self.broker.host}:{self.broker.port})"
+
+    @property
     def last_error(self) -> str | None:
         """Why the link is or was last down; a recent client-id clash while up."""
         return self._last_error or self.takeover.message()
@@ -402,6 +442,9 @@ class MqttLink:
     def alerts(self) -> list[Alert]:
         """Status-page alerts: the broker unavailable, a recent client-id clash."""
         out: list[Alert] = []
+        if self.broker.tls and self.broker.insecure:
+            out.append(Alert("insecure_transport", f"broker:{self.broker.id}",
+                             f"broker {self.broker.id}: {INSECURE_WARNING}"))
         clash = self.takeover.alert()
         subject = f"broker:{self.broker.id}"
         # Down because of the take-over itself: the clash alert says it all.
@@ -478,7 +521,8 @@ class MqttLink:
                     await self._down.wait()
                     self.reconnects += 1
                 except (OSError, TimeoutError) as err:
-                    self.last_error = f"{type(err).__name__}: {err}"
+                    self.last_error = (describe_tls_error(err, self._peer)
+                                       or f"{type(err).__name__}: {err}")
                     self.takeover.connect_failed()
                     if self._down_is_takeover:
                         # Not the other client after all: the broker is away.
@@ -490,9 +534,14 @@ class MqttLink:
                 self._close_socket()
                 await asyncio.sleep(self._backoff.next())
         finally:
+            was_up = self.connected.is_set()
             self.connected.clear()
             with contextlib.suppress(Exception):
                 self.client.disconnect()
+                if was_up:
+                    # paho only queues the DISCONNECT (the loop writes it): send it
+                    # now, or the broker sees a lost connection and fires the will.
+                    self.client.loop_write()
             self._close_socket()
             if self._misc is not None:
                 self._misc.cancel()

@@ -33,7 +33,7 @@ and the hostile modes), ``control`` (the control API) and ``cli`` (the
 ``python -m simulators wms`` command line).
 """
 
-from simulators.wms.cli import add_arguments, faults_from_args, run
+from simulators.wms.cli import add_arguments, faults_from_args, run, server_ssl_context
 from simulators.wms.events import EventLog
 from simulators.wms.faults import (
     MALFORMED_REJECTED_VARIANTS,
@@ -59,5 +59,6 @@ __all__ = [
     "add_arguments",
     "faults_from_args",
     "run",
+    "server_ssl_context",
     "validate_faults",
 ]

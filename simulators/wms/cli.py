@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from simulators.wms.faults import (
 )
 from simulators.wms.server import WmsSimulator
 
-__all__ = ["add_arguments", "faults_from_args", "run"]
+__all__ = ["add_arguments", "faults_from_args", "run", "server_ssl_context"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keep-events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tls-cert", type=Path, default=None,
+                        help="serve ingest over HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, default=None,
+                        help="require client certificates signed by this CA")
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """An HTTPS server context; with ``client_ca``, clients must present a certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -113,6 +129,8 @@ async def _serve(args: argparse.Namespace, faults: Faults) -> None:
         path=args.path,
         faults=faults,
         keep_events=args.keep_events,
+        ssl_context=(server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+                     if args.tls_cert is not None else None),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

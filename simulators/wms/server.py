@@ -9,6 +9,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -93,8 +94,11 @@ class WmsSimulator:
         path: str = "/api/events",
         faults: Faults | None = None,
         keep_events: int = 1_000_000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
+        """Serve the ingest listener over HTTPS with this context (the control API stays HTTP)."""
         self.port = port
         """Ingest port; real once :meth:`start` has bound it (0 picks a free one)."""
         self.control_port = control_port
@@ -127,7 +131,8 @@ class WmsSimulator:
     @property
     def url(self) -> str:
         """The ingest URL, e.g. ``http://127.0.0.1:8081/api/events``."""
-        return f"http://{self._netloc(self.port)}{self.path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._netloc(self.port)}{self.path}"
 
     @property
     def control_url(self) -> str:
@@ -159,7 +164,8 @@ class WmsSimulator:
         try:
             sock = _listen_socket(self.host, self.port)
             self.port = sock.getsockname()[1]
-            self._ingest_site = web.SockSite(self._ingest_runner, sock)
+            self._ingest_site = web.SockSite(self._ingest_runner, sock,
+                                             ssl_context=self.ssl_context)
             await self._ingest_site.start()
             csock = _listen_socket(self.host, self.control_port)
             self.control_port = csock.getsockname()[1]
@@ -223,7 +229,8 @@ class WmsSimulator:
                     for conn in runner.server.connections:
                         conn.force_close()
             else:
-                site = web.SockSite(runner, _listen_socket(self.host, self.port))
+                site = web.SockSite(runner, _listen_socket(self.host, self.port),
+                                    ssl_context=self.ssl_context)
                 await site.start()
                 self._ingest_site = site
             self.faults.outage = on
