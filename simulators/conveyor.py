@@ -155,6 +155,8 @@ class SimulatedConveyor:
             return None
         image = self.plc.image(table)
         registers[: len(image)] = image
+        if table == "input" and address + count > RING_ADDRESS:
+            self.plc.ring_read()
         for (t, addr), v in self.overrides.items():
             if t == table and 0 <= addr - start < len(registers):
                 registers[addr - start] = v
