@@ -270,6 +270,12 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+async def schema(request: web.Request) -> web.Response:
+    """The JSON Schema of ``wh.event.v1`` (the file shipped in the package)."""
+    text = resources.files("gateway").joinpath("schema/wh.event.v1.json").read_text("utf-8")
+    return web.Response(text=text, content_type="application/schema+json", charset="utf-8")
+
+
 def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     """The aiohttp application."""
     app = web.Application()
@@ -280,6 +286,7 @@ def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/status", api_status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/schema", schema)
     app.router.add_get("/api/dead-letters", dead_letters)
     app.router.add_post("/api/dead-letters/replay", replay)
     app.router.add_post("/api/dead-letters/discard", discard)

@@ -45,7 +45,7 @@ class SiteProcess(ChildProcess):
         """Base URL of the control API."""
         return f"http://127.0.0.1:{self.control_port}"
 
-    def start(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+    def start(self, timeout: float = 30.0) -> None:
         """Start the site and wait until every device listens."""
         super().start()
         self.wait_for_log_event("site_listening", timeout)

@@ -46,7 +46,9 @@ class SiteVehicle(Vehicle):
     def __init__(self, opts: AmrOptions, serial: str, rng: random.Random, start: str,
                  on_terminal: Callable[[SiteVehicle, dict[str, Any], dict[str, Any]], None]
                  ) -> None:
+        #: The last will the broker holds for the current connection.
         self.will_payload = b""
+        self._next_will = b""
         self.estop = False
         self._on_terminal = on_terminal
         self._told: set[tuple[str, str]] = set()
@@ -55,8 +57,14 @@ class SiteVehicle(Vehicle):
     def _connection(self, state: str) -> bytes:
         payload = super()._connection(state)
         if state == "CONNECTIONBROKEN":
-            self.will_payload = payload
+            self._next_will = payload
         return payload
+
+    def _online(self) -> None:
+        # The will composed before this CONNECT is the one the broker now holds;
+        # the one composed here goes with the next connection.
+        self.will_payload = self._next_will
+        super()._online()
 
     def state(self) -> dict[str, Any]:
         """The state message, with the emergency stop when it is pressed."""
@@ -106,6 +114,7 @@ class AmrDispatcher:
         self.orders = 0
         self.delivered = 0
         self._dock = 0
+        self._held_until = 0.0
         self._carrying: dict[str, tuple[str, str, str]] = {}  # serial -> carton, from, to
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,8 +149,14 @@ class AmrDispatcher:
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         asyncio.get_running_loop().call_later(delay, fn)
 
-    async def kill(self, down_s: float) -> dict[str, Any]:
-        """Kill an idle vehicle (power lost where it parks); it comes back after ``down_s``."""
+    def kill(self, down_s: float) -> dict[str, Any]:
+        """Kill the next idle vehicle (power lost where it parks); back after ``down_s``."""
+        task = asyncio.create_task(self._kill(down_s), name="amr-kill")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {"killing": "the next idle vehicle", "down_s": down_s}
+
+    async def _kill(self, down_s: float) -> None:
         v = await self._take_idle()
         will = json.loads(v.will_payload)
         ms = round(parse_time(will["timestamp"]) * 1000)
@@ -154,10 +169,7 @@ class AmrDispatcher:
                     "header_id": will["headerId"], "order_id": v.order_id or None},
             amr=v.serial)
         log.info("site_amr_killed", amr=v.serial, down_s=down_s)
-        task = asyncio.create_task(self._revive(v.serial, down_s), name=f"revive-{v.serial}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return {"killed": v.serial, "down_s": down_s}
+        await self._revive(v.serial, down_s)
 
     async def _revive(self, serial: str, down_s: float) -> None:
         await asyncio.sleep(down_s)
@@ -212,10 +224,21 @@ class AmrDispatcher:
         return {**v.header("order"), "orderId": order_id, "orderUpdateId": 0, "nodes": nodes,
                 "edges": edges}
 
+    def hold(self, seconds: float) -> dict[str, Any]:
+        """Send no new orders for ``seconds`` (a master control's hold)."""
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        return {"held_s": seconds, "busy": self.busy()}
+
+    def busy(self) -> int:
+        """Vehicles running an order now."""
+        return sum(not v.idle.is_set() for v in self.vehicles.values())
+
     async def run(self) -> None:
         """Dispatch cartons forever."""
         while True:
             carton, station, _order = await self.cartons.get()
+            while (wait := self._held_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
             v = await self._take_idle()
             self._dock = self._dock % self.layout.docks + 1
             pack, dock = self.layout.pack_location(station), self.layout.dock(self._dock)

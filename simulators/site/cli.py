@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zones", type=int, default=3, help="conveyor zones (1..16)")
     parser.add_argument("--conveyor-speed", type=int, default=2000, help="mm/s")
     parser.add_argument("--amr-speed", type=float, default=4.0, help="m/s")
+    parser.add_argument("--amr-action-time", type=float, default=0.5,
+                        help="seconds a pick or drop takes")
+    parser.add_argument("--amr-rest", type=float, default=2.0,
+                        help="seconds an AMR waits at the dock before its next order")
     parser.add_argument("--no-read-rate", type=float, default=0.0,
                         help="fraction of induct scans that are no-reads")
     parser.add_argument("--short-pick-rate", type=float, default=0.0)
@@ -80,6 +84,7 @@ def options_from_args(args: argparse.Namespace) -> SiteOptions:
         modbus_port=args.modbus_port, opcua_port=args.opcua_port, ledger=args.ledger,
         state_dir=args.state, order_rate=args.order_rate, orders=args.orders,
         conveyor_speed=args.conveyor_speed, amr_speed=args.amr_speed,
+        amr_action_s=args.amr_action_time, amr_rest_s=args.amr_rest,
         no_read_rate=args.no_read_rate, short_pick_rate=args.short_pick_rate,
         overweight_rate=args.overweight_rate, jam_rate=args.jam_rate,
         chute_full_rate=args.chute_full_rate, estop_rate=args.estop_rate, seed=args.seed)

@@ -220,7 +220,7 @@ class Site:
         if not task.cancelled() and task.exception() is not None:
             log.error("site_task_failed", task=task.get_name(), error=repr(task.exception()))
 
-    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+    def _later(self, delay: float, fn: Callable[[], object]) -> None:
         asyncio.get_running_loop().call_later(delay, fn)
 
     def _publish_now(self, topic: str, payload: bytes) -> None:
@@ -243,6 +243,7 @@ class Site:
         """What the site did so far (for the control API)."""
         return {"orders": self.made, "making": self.making, "delivered": self.amrs.delivered,
                 "idle": self.idle(), "ledger_entries": len(self.ledger.entries),
+                "amrs_busy": self.amrs.busy(),
                 "sorter_up": self.sorter_up.is_set(), "conveyor": self.plc.state_dict(),
                 "amrs": {s: {"connected": v.link.connected.is_set(), "order": v.order_id}
                          for s, v in self.amrs.vehicles.items()}}
@@ -497,14 +498,14 @@ class Site:
             tote = await self._pack_q[n - 1].get()
             order = self.orders[tote]
             await self._scan(n, tote, tote, order)
-            items = []
+            items: list[dict[str, Any]] = []
             for line, sku, _ in order.lines:
                 await asyncio.sleep(gap)
                 await self._scan(n, sku, None, order)
                 items.append({"sku": sku, "qty": order.picked.get(line, 0)})
             await asyncio.sleep(gap)
             await self._scan(n, order.carton, order.carton, order)
-            weight = round(0.3 + sum(0.4 * i["qty"] for i in items), 3)
+            weight = round(0.3 + sum(0.4 * int(i["qty"]) for i in items), 3)
             overweight = self._take("overweight", self.opts.overweight_rate)
             if overweight:
                 weight = round(weight + 5.0, 3)
@@ -580,16 +581,24 @@ class Site:
                                          float(body.get("seconds", 3.0)))
         if name == "amr_estop":
             return self.amrs.estop(float(body.get("seconds", 2.0)))
+        if name == "amr_hold":
+            return self.amrs.hold(float(body.get("seconds", 5.0)))
         if name == "amr_kill":
-            return await self.amrs.kill(float(body.get("down_s", 2.0)))
+            return self.amrs.kill(float(body.get("down_s", 2.0)))
         if name == "conveyor_restart":
             return self.conveyors.restart_later(1, str(body.get("mode", "warm")),
                                                 float(body.get("down_s", 1.0)))
         if name == "sorter_restart":
             return await self.restart_sorter(float(body.get("down_s", 2.0)))
         if name == "ring_overrun":
+            # Every Modbus answer stalls for the spell: the ring overwrites unread moves.
             seconds = float(body.get("seconds", 5.0))
-            self.conveyor.slow = _Injection(delay_s=seconds, count=1)
+            self.conveyor.slow = _Injection(delay_s=seconds, count=-1)
+
+            def resume() -> None:
+                self.conveyor.slow = _Injection()
+
+            self._later(seconds, resume)
             return {"stalled_s": seconds}
         if name == "stop_orders":
             self.making = False
@@ -598,5 +607,6 @@ class Site:
 
 
 #: Faults the control API and the site accept.
-FAULTS = ("no_read", "short_pick", "overweight", "jam", "chute_full", "amr_estop", "amr_kill",
+FAULTS = ("no_read", "short_pick", "overweight", "jam", "chute_full", "amr_estop", "amr_hold",
+          "amr_kill",
           "conveyor_restart", "sorter_restart", "ring_overrun", "stop_orders")
