@@ -172,15 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("--config", required=True)
     c.set_defaults(func=cmd_check)
-    d = sub.add_parser("demo", help="run a simulated site: broker, scanners, conveyors, sorter, "
-                                    "AMRs, WMS and gateway")
+    d = sub.add_parser("demo", help="run a simulated site: broker, put walls, conveyor, sorter, "
+                                    "pack stations, AMRs, WMS and gateway")
     d.add_argument("--status-port", type=int, default=8080)
     d.add_argument("--wms-port", type=int, default=0)
     d.add_argument("--data-dir", type=Path, default=None,
                    help="where the demo keeps its store (default: a temporary folder)")
-    d.add_argument("--scanners", type=int, default=4)
-    d.add_argument("--rate", type=float, default=5.0, help="scanner reads per second")
-    d.add_argument("--conveyors", type=int, default=2, help="Modbus conveyor PLCs (0: none)")
+    d.add_argument("--scanners", type=int, default=4, help="pack stations (one scanner each)")
+    d.add_argument("--rate", type=float, default=0.5, help="orders per second")
+    d.add_argument("--conveyors", type=int, default=1,
+                   help="read the site's Modbus conveyor PLC (0: the gateway does not)")
     d.add_argument("--sorter", action=argparse.BooleanOptionalAction, default=True,
                    help="the OPC UA sorter with its induct reader")
     d.add_argument("--amrs", type=int, default=4, help="VDA 5050 AMRs (0: none)")

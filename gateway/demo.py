@@ -1,11 +1,14 @@
 """``warehouse-gateway demo``: a whole simulated site on this machine.
 
-Starts Mosquitto (own config, free port), the WMS simulator, a fleet of
-barcode scanners, two conveyor PLCs (Modbus TCP), a sorter with its induct
-reader (OPC UA), a fleet of AMRs (VDA 5050 over MQTT) and the gateway with an
-embedded default config, prints where each one listens, and runs until Ctrl-C
-(or ``--duration``). Device simulators run as child processes, as they would
-be separate machines on a real site.
+Starts Mosquitto (own config, free port), the WMS simulator, the site
+simulator (``python -m simulators site``: orders picked at put walls, totes on
+a Modbus conveyor, an OPC UA sorter with its induct reader, MQTT pack-station
+scanners, VDA 5050 AMRs carrying cartons to dock doors, one tote and one
+carton code across all of them, a ground-truth ledger) and the gateway with
+an embedded default config, prints where each one listens, and runs until
+Ctrl-C (or ``--duration``). The site runs as a child process, as its devices
+would be separate machines on a real site; when the demo stops it prints the
+truth check of what the WMS accepted against the ledger.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,41 +34,9 @@ from gateway.logs import configure_logging
 log = structlog.get_logger(__name__)
 
 
-_SORTER_MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
-
-
 def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
-                scanners: int, conveyor_ports: list[int] | None = None,
-                sorter_port: int | None = None, amrs: bool = False) -> dict[str, Any]:
+                devices: list[dict[str, Any]]) -> dict[str, Any]:
     """The demo's gateway config as data: a site with the simulated devices given."""
-    from simulators.conveyor_plc import gateway_device
-
-    devices: list[dict[str, Any]] = [
-        {"id": f"scan-{i:02d}", "driver": "mqtt", "role": "scanner", "broker": "site",
-         "topic": f"site/DC-EAST-1/scanners/scan-{i:02d}/reads", "location": f"INDUCT-{i}"}
-        for i in range(1, scanners + 1)
-    ]
-    devices += [gateway_device(f"conveyor-{i:02d}", port, poll_interval="200ms")
-                for i, port in enumerate(conveyor_ports or [], start=1)]
-    if sorter_port is not None:
-        devices.append({
-            "id": "sorter-1", "driver": "opcua", "role": "sorter",
-            "endpoint": f"opc.tcp://127.0.0.1:{sorter_port}/", "induct": "INDUCT-1",
-            "location": "INDUCT-1",
-            "events": [
-                {"kind": "divert_confirm", "source": "ns=2;s=Sorter",
-                 "type": "ns=2;s=DivertConfirmEventType"},
-                {"kind": "scan", "source": f"{_SORTER_MODEL};s=InductReader",
-                 "type": f"{_SORTER_MODEL};s=AutoIdScanEventType"},
-            ],
-            "nodes": [
-                {"node": "ns=2;s=Sorter.State", "point": "state", "kind": "status"},
-                {"node": "ns=2;s=Sorter.Counters.Total", "point": "counter.total"},
-            ],
-        })
-    if amrs:
-        devices.append({"id": "amr-fleet", "driver": "vda5050", "broker": "site",
-                        "manufacturer": "SimRobotics"})
     return {
         "site": {"id": "DC-EAST-1"},
         "store": {"path": store_path, "max_bytes": "256 MiB"},
@@ -113,10 +84,17 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+def _wanted(args: argparse.Namespace, device: dict[str, Any]) -> bool:
+    """Whether the demo's flags ask the gateway to read ``device``."""
+    driver = device["driver"]
+    return bool((driver != "modbus" or args.conveyors > 0) and (driver != "opcua" or args.sorter)
+            and (driver != "vda5050" or args.amrs > 0))
+
+
 async def _demo(args: argparse.Namespace) -> None:
-    from simulators.broker import MosquittoBroker, free_port
-    from simulators.harness.process import ChildProcess, simulator
-    from simulators.scanners import ScannerFleet
+    from simulators.broker import MosquittoBroker
+    from simulators.harness.site import SiteProcess
+    from simulators.site import SiteLayout, fetch_wms_events, read_ledger, verify
     from simulators.wms import WmsSimulator
 
     own_dir = args.data_dir is None
@@ -130,54 +108,24 @@ async def _demo(args: argparse.Namespace) -> None:
     await asyncio.to_thread(broker.start)
     wms = WmsSimulator(port=args.wms_port)
     await wms.start()
-    children: list[ChildProcess] = []
-    conveyor_ports: list[int] = []
-    sorter_port: int | None = None
+    layout = SiteLayout(pack_stations=max(1, args.scanners), amrs=max(0, args.amrs))
+    site = SiteProcess(data / "site", broker.port, layout=layout, extra=[
+        "--order-rate", str(args.rate), "--no-read-rate", "0.02", "--short-pick-rate", "0.05",
+        "--overweight-rate", "0.03", "--jam-rate", "0.01", "--chute-full-rate", "0.01"])
     try:
-        if args.conveyors:
-            conv = simulator("conveyor", [
-                "--port", "0", "--control-port", "0", "--count", str(args.conveyors),
-                "--tote-rate", "1", "--jam-rate", "0.01", "--jam-clear", "8",
-            ], data / "conveyor.log")
-            children.append(conv)
-            conv.start()
-            line = await asyncio.to_thread(conv.wait_for_log_event,
-                                           "conveyor_simulator_listening")
-            ports = line["ports"]
-            conveyor_ports = [int(p) for p in ports] if isinstance(ports, list) else []
-        if args.sorter:
-            sorter_port = free_port()
-            sorter = simulator("sorter", [
-                "--port", str(sorter_port), "--rate", "2", "--state", str(data / "sorter"),
-            ], data / "sorter.log")
-            children.append(sorter)
-            sorter.start()
-            await asyncio.to_thread(sorter.wait_listening, sorter_port)
-        if args.amrs:
-            amr = simulator("amr", [
-                "--port", str(broker.port), "--count", str(args.amrs), "--standalone",
-                "--state-interval", "5", "--fail-rate", "0.03",
-            ], data / "amr.log")
-            children.append(amr)
-            amr.start()
+        await asyncio.to_thread(site.start)
     except BaseException:
-        for child in children:
-            child.stop(5)
+        await asyncio.to_thread(site.stop, 5)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         raise
+    devices = [d for d in site.devices() if _wanted(args, d)]
     text = demo_config_text(store_path=data / "buffer.db", broker_port=broker.port,
-                            wms_url=wms.url, status_port=args.status_port,
-                            scanners=args.scanners, conveyor_ports=conveyor_ports,
-                            sorter_port=sorter_port, amrs=bool(args.amrs))
+                            wms_url=wms.url, status_port=args.status_port, devices=devices)
     await asyncio.to_thread((data / "gateway.toml").write_text, text, encoding="utf-8")
     cfg = parse_config(tomllib.loads(text), data / "gateway.toml")
     gateway = Gateway(cfg)
     gw_task = asyncio.create_task(gateway.run(install_signals=False), name="gateway")
-    fleet = ScannerFleet(broker.host, broker.port, count=args.scanners,
-                         no_read_rate=0.02, double_read_rate=0.05, client_id="demo-scanners")
-    fleet_stop = threading.Event()
-    fleet_task: asyncio.Task[int] | None = None
     try:
         ready = asyncio.create_task(gateway.ready.wait())
         # The gateway may fail to start (e.g. the status port is in use): say so at once.
@@ -187,10 +135,6 @@ async def _demo(args: argparse.Namespace) -> None:
             gw_task.result()  # raises what stopped it (a StartupError: one line)
         if not gateway.ready.is_set():
             raise TimeoutError("the demo gateway did not become ready within 15 s")
-        await asyncio.to_thread(fleet.connect)
-        fleet_task = asyncio.create_task(
-            asyncio.to_thread(fleet.run, None, args.rate, fleet_stop), name="scanners"
-        )
         _say("")
         _say("warehouse gateway demo is running")
         _say(f"  status page     http://{cfg.status.host}:{cfg.status.port}/")
@@ -199,13 +143,14 @@ async def _demo(args: argparse.Namespace) -> None:
         _say(f"  MQTT broker     mqtt://{broker.host}:{broker.port}  "
              f"(events out on wh/{cfg.site.id}/events/#)")
         _say(f"  WMS simulator   {wms.url}  (stats: http://127.0.0.1:{wms.control_port}/stats)")
-        _say(f"  scanners        {args.scanners} publishing {args.rate}/s to "
-             "site/DC-EAST-1/scanners/<id>/reads")
-        if conveyor_ports:
-            _say(f"  conveyors       {len(conveyor_ports)} Modbus TCP PLCs on 127.0.0.1:"
-                 f"{','.join(map(str, conveyor_ports))}")
-        if sorter_port is not None:
-            _say(f"  sorter          OPC UA opc.tcp://127.0.0.1:{sorter_port}/")
+        _say(f"  site            {args.rate} orders/s; control {site.control_url}/state, "
+             f"ledger {site.ledger}")
+        _say(f"  pack scanners   {layout.pack_stations} publishing to "
+             f"site/{cfg.site.id}/pack/<station>/scanner/reads")
+        if args.conveyors:
+            _say(f"  conveyor        Modbus TCP PLC on 127.0.0.1:{site.modbus_port}")
+        if args.sorter:
+            _say(f"  sorter          OPC UA opc.tcp://127.0.0.1:{site.opcua_port}/")
         if args.amrs:
             _say(f"  AMRs            {args.amrs} VDA 5050 vehicles on the broker (uagv/v2/...)")
         _say(f"  config, store   {data}")
@@ -215,19 +160,21 @@ async def _demo(args: argparse.Namespace) -> None:
         await asyncio.wait(waiters, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
         waiters[0].cancel()
     finally:
-        fleet_stop.set()
-        if fleet_task is not None:
-            with contextlib.suppress(Exception):
-                await fleet_task
-        await asyncio.to_thread(fleet.close)
+        await asyncio.to_thread(site.stop, 10)
+        if not gw_task.done():
+            await asyncio.sleep(2.0)  # the last polls and reads reach the WMS
         gateway.stop()
         with contextlib.suppress(Exception):
             await gw_task
         stats = wms.stats()
         _say(f"demo stopped: WMS accepted {stats['unique']} unique events "
-             f"({stats['duplicates']} duplicates) from {fleet.published} scanner messages")
-        for child in children:
-            await asyncio.to_thread(child.stop, 5)
+             f"({stats['duplicates']} duplicates) from the site's "
+             f"{len(read_ledger(site.ledger)[1]) if site.ledger.exists() else 0} happenings")
+        if site.ledger.exists():
+            events = await asyncio.to_thread(fetch_wms_events, wms.control_url)
+            report = verify(read_ledger(site.ledger)[1], events)
+            report.pop("examples")
+            _say("truth check " + json.dumps(report, separators=(",", ":")))
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         if own_dir:

@@ -1,7 +1,8 @@
 """``warehouse-gateway demo``: the README's first command brings up a whole site.
 
-Runs the demo as a real process (Mosquitto, WMS, scanners, conveyor PLCs over
-Modbus, the OPC UA sorter, VDA 5050 AMRs and the gateway) and checks that every
+Runs the demo as a real process (Mosquitto, WMS, the site simulator: a
+conveyor PLC over Modbus, the OPC UA sorter, MQTT pack-station scanners,
+VDA 5050 AMRs, and the gateway) and checks that every
 kind of device is connected and its events reach the WMS, then that Ctrl-C
 stops everything cleanly.
 """
@@ -57,7 +58,8 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
 
         def complete() -> set[tuple[str, str]] | None:
             got = seen()
-            want = {("scan-01", "scan"), ("conveyor-01", "move"), ("sorter-1", "move"),
+            want = {("pack-01", "scan"), ("sorter-1", "scan"), ("conveyor-01", "move"),
+                    ("sorter-1", "move"),
                     ("amr-fleet", "pick")}
             return got if want <= got else None
 
@@ -80,4 +82,5 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
     text = out_path.read_text("utf-8", errors="replace")
     assert code == 0, text[-3000:]
     assert "demo stopped: WMS accepted" in text
+    assert "truth check {" in text
     assert "Traceback" not in text
