@@ -135,6 +135,7 @@ async def _demo(args: argparse.Namespace) -> None:
             gw_task.result()  # raises what stopped it (a StartupError: one line)
         if not gateway.ready.is_set():
             raise TimeoutError("the demo gateway did not become ready within 15 s")
+        await asyncio.to_thread(site.start_orders)
         _say("")
         _say("warehouse gateway demo is running")
         _say(f"  status page     http://{cfg.status.host}:{cfg.status.port}/")

@@ -53,6 +53,7 @@ async def _run_site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator, 
     gw = _gateway(tmp_path, broker, wms, site)
     try:
         await start(gw)
+        await asyncio.to_thread(site.start_orders)
         await faults(site, gw)
         await wait_until(lambda: site.state()["idle"], 120, "every order delivered to a dock",
                          0.5, state=site.state)

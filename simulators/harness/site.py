@@ -20,7 +20,12 @@ __all__ = ["SiteProcess"]
 
 
 class SiteProcess(ChildProcess):
-    """``python -m simulators site`` as a child process."""
+    """``python -m simulators site`` as a child process.
+
+    Orders are held until :meth:`start_orders` (once the gateway reading the
+    site is ready: a scanner read published before the gateway subscribed
+    reaches nobody).
+    """
 
     def __init__(self, workdir: Path, broker_port: int, *, layout: SiteLayout | None = None,
                  extra: list[str] | None = None) -> None:
@@ -36,7 +41,8 @@ class SiteProcess(ChildProcess):
                 "--control-port", str(self.control_port), "--ledger", str(self.ledger),
                 "--state", str(workdir / "state"), "--put-walls", str(lay.put_walls),
                 "--pack-stations", str(lay.pack_stations), "--amrs", str(lay.amrs),
-                "--docks", str(lay.docks), "--zones", str(lay.zones), *(extra or [])]
+                "--docks", str(lay.docks), "--zones", str(lay.zones), "--hold-orders",
+                *(extra or [])]
         super().__init__("site simulator", python_module("simulators", "site", *args),
                          workdir / "site.log")
 
@@ -66,6 +72,10 @@ class SiteProcess(ChildProcess):
         """The site's ``/state``."""
         result: dict[str, Any] = self._call("GET", "/state")
         return result
+
+    def start_orders(self) -> None:
+        """Let orders flow."""
+        self.fault("start_orders")
 
     def fault(self, name: str, **body: Any) -> dict[str, Any]:
         """Inject fault ``name`` (``POST /faults/<name>``)."""

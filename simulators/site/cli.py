@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the devices' retentive memory")
     parser.add_argument("--order-rate", type=float, default=0.5, help="orders per second")
     parser.add_argument("--orders", type=int, default=None, help="stop making orders after N")
+    parser.add_argument("--hold-orders", action="store_true",
+                        help="make no orders until POST /faults/start_orders")
     parser.add_argument("--put-walls", type=int, default=1)
     parser.add_argument("--pack-stations", type=int, default=2)
     parser.add_argument("--amrs", type=int, default=2)
@@ -87,7 +89,8 @@ def options_from_args(args: argparse.Namespace) -> SiteOptions:
         amr_action_s=args.amr_action_time, amr_rest_s=args.amr_rest,
         no_read_rate=args.no_read_rate, short_pick_rate=args.short_pick_rate,
         overweight_rate=args.overweight_rate, jam_rate=args.jam_rate,
-        chute_full_rate=args.chute_full_rate, estop_rate=args.estop_rate, seed=args.seed)
+        chute_full_rate=args.chute_full_rate, estop_rate=args.estop_rate,
+        hold_orders=args.hold_orders, seed=args.seed)
 
 
 async def _serve(opts: SiteOptions, control_port: int) -> None:

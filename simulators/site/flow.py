@@ -95,6 +95,8 @@ class SiteOptions:
     chute_full_s: float = 3.0
     #: Random AMR emergency stops per second, each released after 2 s.
     estop_rate: float = 0.0
+    #: Make no orders until ``fault("start_orders")`` (e.g. once the gateway is up).
+    hold_orders: bool = False
     seed: int = 1
 
 
@@ -140,6 +142,9 @@ class Site:
         self.orders: dict[str, Order] = {}
         self.made = 0
         self.making = opts.orders is None or opts.orders > 0
+        self._go = asyncio.Event()
+        if not opts.hold_orders:
+            self._go.set()
         self._order_q: asyncio.Queue[Order] = asyncio.Queue()
         self._induct_q: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
         self._pack_q = [asyncio.Queue[str]() for _ in range(self.layout.pack_stations)]
@@ -256,6 +261,7 @@ class Site:
 
     async def _make_orders(self) -> None:
         opts, rng = self.opts, self.rng
+        await self._go.wait()
         started = time.monotonic()
         while opts.orders is None or self.made < opts.orders:
             if not self.making:
@@ -600,6 +606,9 @@ class Site:
 
             self._later(seconds, resume)
             return {"stalled_s": seconds}
+        if name == "start_orders":
+            self._go.set()
+            return {"orders": self.made}
         if name == "stop_orders":
             self.making = False
             return {"orders": self.made}
@@ -609,4 +618,4 @@ class Site:
 #: Faults the control API and the site accept.
 FAULTS = ("no_read", "short_pick", "overweight", "jam", "chute_full", "amr_estop", "amr_hold",
           "amr_kill",
-          "conveyor_restart", "sorter_restart", "ring_overrun", "stop_orders")
+          "conveyor_restart", "sorter_restart", "ring_overrun", "start_orders", "stop_orders")
