@@ -15,7 +15,10 @@ passing step.
 Figures: ``site_orders_per_min``, ``site_gateway_cpu_pct`` (over the order
 window of that step), ``site_gateway_cpu_us_per_event`` (the gateway's CPU
 from ready to drained, over the business events it delivered: scan, pick,
-pack, move), ``site_business_events``, ``site_events_per_order``,
+pack, move; at low rates the fixed cost of polling and AMR heartbeats
+dominates it), ``site_gateway_cpu_us_per_event_marginal`` (the CPU one more
+business event per second costs, between the lowest and the highest passing
+step), ``site_business_events``, ``site_events_per_order``,
 ``site_simulator_cpu_pct``, ``site_steps_tried`` and per step
 ``site_step_<n>_cpu_pct`` / ``site_step_<n>_truth`` / ``site_step_<n>_failed``.
 When a step fails because the site itself (one Python process sharing the
@@ -125,6 +128,7 @@ def measure(workdir: Path, *, steps: Sequence[int] = (60, 120, 180, 240, 360),
     workdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"site_orders_per_min": 0, "site_gateway_cpu_pct": 0.0}
     tried = 0
+    passed: list[tuple[float, float]] = []  # (business events/s offered, gateway CPU %)
     with MosquittoBroker(workdir / "mosquitto") as broker:
         for per_min in steps:
             tried += 1
@@ -152,6 +156,7 @@ def measure(workdir: Path, *, steps: Sequence[int] = (60, 120, 180, 240, 360),
             if cpu >= cpu_limit:
                 out["site_limited_by"] = "gateway_cpu"
                 break
+            passed.append((step["business_events"] / window_s, cpu))
             out.update(site_orders_per_min=per_min, site_gateway_cpu_pct=round(cpu, 1),
                        site_gateway_cpu_us_per_event=round(step["us_per_event"] or 0),
                        site_business_events=step["business_events"],
@@ -160,6 +165,10 @@ def measure(workdir: Path, *, steps: Sequence[int] = (60, 120, 180, 240, 360),
         else:
             out["site_limited_by"] = "steps"
     out["site_steps_tried"] = tried
+    if len(passed) >= 2 and passed[-1][0] > passed[0][0]:
+        # What one more event costs, without the fixed cost of polling and heartbeats.
+        (r0, c0), (r1, c1) = passed[0], passed[-1]
+        out["site_gateway_cpu_us_per_event_marginal"] = round((c1 - c0) * 1e4 / (r1 - r0))
     return out
 
 
