@@ -3,8 +3,8 @@
 Everything is real and on loopback: Mosquitto, the WMS simulator (its own
 process), the site simulator (``python -m simulators site``: put walls, the
 Modbus conveyor, the OPC UA sorter, MQTT pack-station scanners, VDA 5050
-AMRs) and the gateway process. The order rate grows step by step (60, 120,
-180, ... orders per minute); each step is a fresh site, WMS and gateway that
+AMRs) and the gateway process. The order rate grows step by step (120, 360,
+600, 900, 1200 orders per minute); each step is a fresh site, WMS and gateway that
 run ``window_s`` seconds of orders, then drain: every order at its dock door
 and the gateway's WMS backlog empty. A step passes when the gateway stayed
 under ``cpu_limit`` percent of one core over the order window, the site
@@ -48,14 +48,14 @@ __all__ = ["add_arguments", "measure", "run"]
 BUSINESS = frozenset({"scan", "pick", "pack", "move"})
 ROUTES = ["scan", "pick", "pack", "move", "exception"]
 #: A site big enough that its stations are not the first limit.
-LAYOUT = SiteLayout(put_walls=8, pack_stations=8, amrs=24, docks=4, zones=3)
-SITE_ARGS = ["--conveyor-speed", "8000", "--amr-speed", "8", "--amr-action-time", "0.3",
-             "--amr-rest", "0.5"]
+LAYOUT = SiteLayout(put_walls=16, pack_stations=16, amrs=96, docks=8, zones=3)
+SITE_ARGS = ["--conveyor-speed", "20000", "--amr-speed", "8", "--amr-action-time", "0.3",
+             "--amr-rest", "0.5", "--pick-time", "0.1", "--scan-gap", "0.1"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``python -m bench site``."""
-    p.add_argument("--steps", default="60,120,180,240,360",
+    p.add_argument("--steps", default="120,360,600,900,1200",
                    help="order rates to try, orders per minute")
     p.add_argument("--window", type=float, default=30.0, help="seconds of orders per step")
     p.add_argument("--cpu-limit", type=float, default=50.0, help="percent of one core")
@@ -84,7 +84,8 @@ def _step(workdir: Path, broker: MosquittoBroker, per_min: int, window_s: float
         *SITE_ARGS, "--order-rate", str(per_min / 60), "--orders", str(orders)])
     site.start()
     gw = GatewayProcess(GatewaySetup(workdir=workdir / "gw", broker_port=broker.port,
-                                     wms_url=wms.url, scanners=0, devices=site.devices(),
+                                     wms_url=wms.url, scanners=0,
+                                     devices=site.devices(poll_interval="100ms"),
                                      http_extra={"routes": ROUTES}))
     out: dict[str, Any] = {"orders": orders}
     try:
@@ -122,7 +123,7 @@ def _step(workdir: Path, broker: MosquittoBroker, per_min: int, window_s: float
     return out
 
 
-def measure(workdir: Path, *, steps: Sequence[int] = (60, 120, 180, 240, 360),
+def measure(workdir: Path, *, steps: Sequence[int] = (120, 360, 600, 900, 1200),
             window_s: float = 30.0, cpu_limit: float = 50.0) -> dict[str, Any]:
     """Step the order rate up until a step fails; see the module doc."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 def site_map(layout: SiteLayout) -> dict[str, tuple[float, float]]:
     """Positions (m) of the pack stations (west wall) and dock doors (east wall)."""
-    spots = {layout.pack_location(n): (0.0, 4.0 * n) for n in range(1, layout.pack_stations + 1)}
-    spots.update({layout.dock(n): (12.0, 4.0 * n) for n in range(1, layout.docks + 1)})
+    spots = {layout.pack_location(n): (0.0, 2.0 * n) for n in range(1, layout.pack_stations + 1)}
+    spots.update({layout.dock(n): (12.0, 2.0 * n) for n in range(1, layout.docks + 1)})
     return spots
 
 

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docks", type=int, default=2)
     parser.add_argument("--zones", type=int, default=3, help="conveyor zones (1..16)")
     parser.add_argument("--conveyor-speed", type=int, default=2000, help="mm/s")
+    parser.add_argument("--pick-time", type=float, default=0.3,
+                        help="seconds an operator takes per pick")
+    parser.add_argument("--scan-gap", type=float, default=0.25,
+                        help="seconds between the scans at a pack station")
     parser.add_argument("--amr-speed", type=float, default=4.0, help="m/s")
     parser.add_argument("--amr-action-time", type=float, default=0.5,
                         help="seconds a pick or drop takes")
@@ -86,7 +90,8 @@ def options_from_args(args: argparse.Namespace) -> SiteOptions:
         modbus_port=args.modbus_port, opcua_port=args.opcua_port, ledger=args.ledger,
         state_dir=args.state, order_rate=args.order_rate, orders=args.orders,
         conveyor_speed=args.conveyor_speed, amr_speed=args.amr_speed,
-        amr_action_s=args.amr_action_time, amr_rest_s=args.amr_rest,
+        amr_action_s=args.amr_action_time, amr_rest_s=args.amr_rest, pick_s=args.pick_time,
+        scan_gap_s=args.scan_gap,
         no_read_rate=args.no_read_rate, short_pick_rate=args.short_pick_rate,
         overweight_rate=args.overweight_rate, jam_rate=args.jam_rate,
         chute_full_rate=args.chute_full_rate, estop_rate=args.estop_rate,

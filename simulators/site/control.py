@@ -8,11 +8,10 @@ docs/simulators.md).
 from __future__ import annotations
 
 import json
-import socket
-from typing import Any
 
 from aiohttp import web
 
+from simulators.control_http import json_body, serve_app
 from simulators.site.flow import FAULTS, Site
 
 __all__ = ["ControlServer"]
@@ -37,13 +36,7 @@ class ControlServer:
         app.router.add_get("/state", self._state)
         app.router.add_get("/ledger", self._ledger)
         app.router.add_post("/faults/{name}", self._fault)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await serve_app(app, self.host, self.port)
 
     async def stop(self) -> None:
         """Close the listener."""
@@ -64,14 +57,7 @@ class ControlServer:
         if name not in FAULTS:
             raise web.HTTPNotFound(text=f"unknown fault {name!r}; expected one of "
                                         f"{', '.join(FAULTS)}")
-        body: Any = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except json.JSONDecodeError:
-                raise web.HTTPBadRequest(text="body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
+        body = await json_body(request)
         try:
             result = await self.site.fault(name, body)
         except (KeyError, TypeError, ValueError) as err:

@@ -57,6 +57,9 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Moves remembered for marking them lost when the ring overwrites them unread.
 _MOVES_KEPT = 256
+#: Least seconds between two scans of one code at one pack station (the gateway's
+#: default debounce is 0.5 s).
+_RESCAN_S = 0.6
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class Site:
         self._order_q: asyncio.Queue[Order] = asyncio.Queue()
         self._induct_q: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
         self._pack_q = [asyncio.Queue[str]() for _ in range(self.layout.pack_stations)]
+        self._last_scan: dict[tuple[int, str], float] = {}
         self._read_ids = dict.fromkeys(range(1, self.layout.pack_stations + 1), 1)
         self._tasks_made = 0
         self._moves: dict[tuple[int, int], Entry] = {}
@@ -483,6 +487,14 @@ class Site:
     # -- pack stations --------------------------------------------------------------
 
     async def _scan(self, n: int, code: str, container: str | None, order: Order) -> None:
+        # An operator scanning the same code again right away is a double read to any
+        # fixed-mount filter: scan a repeated SKU only after the debounce window.
+        last = self._last_scan.get((n, code))
+        if last is not None and (wait := last + _RESCAN_S - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self._last_scan[(n, code)] = time.monotonic()
+        if len(self._last_scan) > 4096:
+            self._last_scan.clear()
         read_id = self._read_ids[n]
         self._read_ids[n] = read_id + 1
         stamp = format_time(time.time())
