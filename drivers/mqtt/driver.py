@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 import structlog
 
 from drivers.mqtt.config import MqttDevice, ScannerFields
-from drivers.mqtt_link_driver import MqttLinkDriver
+from drivers.mqtt_link_driver import MqttLinkDriver, session_of
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
 from gateway.core.protocols import DeviceIngest, DriverContext
@@ -149,10 +149,12 @@ class MqttDriver(MqttLinkDriver):
         self.last_seen: dict[str, float] = {}
         self._paused = False
         ctx.ingest.on_drained(self._resume)
+        client_id, persistent = session_of(
+            client_id or broker.client_id or f"wh-gw-{site}-{broker.id}", ctx.dry_run)
         self.link = MqttLink(
             broker,
-            client_id or broker.client_id or f"wh-gw-{site}-{broker.id}",
-            persistent=True,
+            client_id,
+            persistent=persistent,
             manual_ack=True,
             on_message=self._on_message,
             subscriptions=[(d.topic, 1) for d in devices],

@@ -74,6 +74,36 @@ class Sink(Protocol):
 Describe = Callable[[Any], tuple[bytes, Mapping[str, Any]]]
 
 
+class Handoff(Protocol):
+    """Where the ingest pipelines hand their records: the store's group commit.
+
+    ``buffer.service.Committer`` in the gateway; the commissioning dry run
+    (``warehouse-gateway try``) puts a stand-in here that keeps nothing.
+    """
+
+    @property
+    def pending(self) -> int:
+        """Units waiting for a commit."""
+        ...
+
+    @property
+    def saturated(self) -> bool:
+        """True when sources should stop reading until ``on_drained`` fires."""
+        ...
+
+    def submit(self, records: Sequence[Record], on_commit: Callable[[], None] | None) -> None:
+        """Queue one source message's records; ``on_commit`` runs after they commit.
+
+        Never blocks; raises ``buffer.service.Backpressure`` when too much waits.
+        """
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Queue records and wait until they are committed."""
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` whenever the pending units fall back after saturation."""
+
+
 class DeviceIngest(Protocol):
     """One device's ingest pipeline, as its driver sees it (gateway/ingest.py).
 
@@ -177,6 +207,10 @@ class DriverContext(Generic[DeviceT]):
     broker: Any = None
     #: Wall clock (tests inject one).
     clock: Callable[[], float] = time.time
+    #: A commissioning dry run (``warehouse-gateway try``): leave no state at the
+    #: source. MQTT drivers connect with a clean session under a client id of
+    #: their own, so the gateway's persistent session is never touched.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
