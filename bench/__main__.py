@@ -1,5 +1,5 @@
-"""Benchmarks: ``python -m bench spine`` and ``python -m bench devices`` each print one
-JSON line of figures."""
+"""Benchmarks: ``python -m bench spine``, ``python -m bench devices`` and ``python -m bench
+site`` each print one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench import devices
 
     devices.add_arguments(d)
+    w = sub.add_parser("site", help="orders per minute through the whole simulated site")
+    from bench import site
+
+    site.add_arguments(w)
     args = p.parse_args(argv)
+    if args.name == "site":
+        return site.run(args)
     if args.name == "devices":
         return devices.run(args)
     if args.name == "spine":

@@ -184,6 +184,12 @@ def _read_dead_letters(store: Store, *, flt: DeadLetterFilter, limit: int,
                               device=flt.device, type=flt.type, limit=limit, after_id=after_id)
 
 
+async def schema(request: web.Request) -> web.Response:
+    """The JSON Schema of ``wh.event.v1`` (the file shipped in the package)."""
+    text = resources.files("gateway").joinpath("schema/wh.event.v1.json").read_text("utf-8")
+    return web.Response(text=text, content_type="application/schema+json", charset="utf-8")
+
+
 def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     """The aiohttp application."""
     app = web.Application()
@@ -194,6 +200,7 @@ def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/status", api_status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/schema", schema)
     app.router.add_get("/api/dead-letters", dead_letters)
     add_ops_routes(app, source, cfg)
     return app

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from simulators import amr, conveyor, scanners, sorter, wms
+from simulators import amr, conveyor, scanners, site, sorter, wms
 
 
 class SimulatorCommand(Protocol):
@@ -33,6 +33,7 @@ SIMULATORS: dict[str, SimulatorCommand] = {
     "sorter": sorter,
     "amr": amr,
     "conveyor": conveyor,
+    "site": site,
 }
 
 

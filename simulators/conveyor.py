@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from simulators.control_http import json_body, serve_app
 from simulators.conveyor_plc import (
     HOLDING_SIZE,
     INPUT_SIZE,
@@ -155,6 +155,8 @@ class SimulatedConveyor:
             return None
         image = self.plc.image(table)
         registers[: len(image)] = image
+        if table == "input" and address + count > RING_ADDRESS:
+            self.plc.ring_read()
         for (t, addr), v in self.overrides.items():
             if t == table and 0 <= addr - start < len(registers):
                 registers[addr - start] = v
@@ -208,13 +210,8 @@ class ConveyorSimulator:
             app.router.add_get("/devices/{n}/faults", self._h_faults)
             app.router.add_post("/devices/{n}/{command}", self._h_command)
             app.router.add_post("/freeze", self._h_freeze)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await self._runner.setup()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.control_port))
-            self.control_port = sock.getsockname()[1]
-            await web.SockSite(self._runner, sock).start()
+            self._runner, self.control_port = await serve_app(app, self.host,
+                                                              self.control_port)
         log.info("conveyor_simulator_ready", devices=len(self.conveyors),
                  ports=[c.port for c in self.conveyors], control=self.control_url
                  if self.control_port is not None else None)
@@ -294,13 +291,13 @@ class ConveyorSimulator:
         return web.json_response({"faults": [asdict(f) for f in conv.plc.faults]})
 
     async def _h_freeze(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         self.freeze(bool(body.get("frozen", True)))
         return web.json_response({"frozen": bool(body.get("frozen", True))})
 
     async def _h_command(self, request: web.Request) -> web.Response:
         conv = self._conveyor(request)
-        body = await _body(request)
+        body = await json_body(request)
         command = request.match_info["command"]
         handler = _COMMANDS.get(command)
         if handler is None:
@@ -313,18 +310,6 @@ class ConveyorSimulator:
         if isinstance(result, Awaitable):
             result = await result
         return web.json_response(result)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise web.HTTPBadRequest(text="body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return body
 
 
 def _override(conv: SimulatedConveyor, body: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import random
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from simulators.harness.toml import render_toml
 
@@ -60,6 +60,22 @@ class Fault:
     code: int
     zone: int
     cleared: bool = False
+
+
+class PlcListener(Protocol):
+    """What a site wants to hear from the PLC program (ground truth, not the register map)."""
+
+    def moved(self, plc: ConveyorPlc, move: Move) -> None:
+        """A move was written to the tracking ring."""
+
+    def overwritten(self, plc: ConveyorPlc, move: Move) -> None:
+        """A move left the ring without any Modbus read of its slot (lost by the device)."""
+
+    def faulted(self, plc: ConveyorPlc, fault: Fault) -> None:
+        """A fault was raised."""
+
+    def cleared(self, plc: ConveyorPlc, fault: Fault) -> None:
+        """A fault was cleared."""
 
 
 def _u32(v: int, word_swap: bool = False) -> list[int]:
@@ -104,6 +120,9 @@ class ConveyorPlc:
         self.moves: deque[Move] = deque(maxlen=LOG_LIMIT)
         self.faults: deque[Fault] = deque(maxlen=LOG_LIMIT)
         self.frozen = False
+        #: Codes of the totes waiting at the induct (a site feeds them); None: invent codes.
+        self.feed: deque[str] | None = None
+        self.listener: PlcListener | None = None
         self._cold(counter_start)
 
     def _cold(self, counter_start: int = 0) -> None:
@@ -119,6 +138,7 @@ class ConveyorPlc:
         self.noread_count = counter_start & 0xFFFFFFFF
         self.tracking_seq = 0
         self.ring: list[Move | None] = [None] * RING_SLOTS
+        self.unread: list[bool] = [False] * RING_SLOTS
         self.line: list[str | None] = [None] * self.zones
         self.entered = [0.0] * self.zones
         self._credit = 0.0
@@ -140,8 +160,19 @@ class ConveyorPlc:
     def _record(self, tote: str, from_zone: int, to_zone: int) -> None:
         self.tracking_seq = (self.tracking_seq + 1) & 0xFFFFFFFF
         move = Move(self.boot, self.tracking_seq, tote, from_zone, to_zone)
-        self.ring[(self.tracking_seq - 1) % RING_SLOTS] = move
+        slot = (self.tracking_seq - 1) % RING_SLOTS
+        old = self.ring[slot]
+        if self.listener is not None and old is not None and self.unread[slot]:
+            self.listener.overwritten(self, old)
+        self.ring[slot] = move
+        self.unread[slot] = True
         self.moves.append(move)
+        if self.listener is not None:
+            self.listener.moved(self, move)
+
+    def ring_read(self) -> None:
+        """A Modbus read of the tracking ring: every move in it has been seen."""
+        self.unread = [False] * RING_SLOTS
 
     def tick(self, dt: float) -> None:
         """Advance the PLC by ``dt`` seconds (one scan)."""
@@ -180,7 +211,12 @@ class ConveyorPlc:
                 self._record(tote, z + 1, z + 2)
         self._credit = min(1.0, self._credit + self.tote_rate * dt) if self.induct_enabled \
             else 0.0
-        if self._credit >= 1.0 and line[0] is None:
+        if self.feed is not None:
+            if self.feed and line[0] is None:
+                tote = self.feed.popleft()
+                line[0], self.entered[0] = tote, self.time
+                self._record(tote, 0, 1)
+        elif self._credit >= 1.0 and line[0] is None:
             self._credit -= 1.0
             tote = f"TOTE-{self.next_tote:07d}"
             self.next_tote += 1
@@ -198,6 +234,8 @@ class ConveyorPlc:
         self.fault_count = (self.fault_count + 1) & 0xFFFFFFFF
         self.faults.append(Fault(self.boot, self.fault_count, code, zone))
         self._set_state(HELD)
+        if self.listener is not None:
+            self.listener.faulted(self, self.faults[-1])
         return True
 
     def clear(self) -> bool:
@@ -209,6 +247,8 @@ class ConveyorPlc:
         self.fault_active, self.fault_code, self.fault_zone = False, 0, 0
         self.faults[-1].cleared = True
         self._set_state(EXECUTE)
+        if self.listener is not None:
+            self.listener.cleared(self, self.faults[-1])
         return True
 
     def write_holding(self, address: int, value: int) -> None:

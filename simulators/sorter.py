@@ -34,7 +34,7 @@ from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
 
 from simulators.sorter_server import COUNTER_NODES, PACKML_STATES, READER, SORTER, SorterServer
-from simulators.sorter_state import SorterState, to_datetime
+from simulators.sorter_state import LogRecord, SorterState, to_datetime
 
 __all__ = ["SorterSimulation", "add_arguments", "run", "run_sorter"]
 
@@ -89,26 +89,41 @@ class SorterSimulation:
                   "induct": self.induct, "chute": chute, "result": result}
         return SORTER, self.state.next_time_us(SORTER, now_us), fields
 
+    def next_tracking_id(self) -> str:
+        """A new tracking id (``T00000001``...), from the retentive counter."""
+        c = self.state.counters
+        tracking_n = c["next_tracking_id"]
+        c["next_tracking_id"] = tracking_n + 1
+        return f"T{tracking_n:08d}"
+
+    def scan_record(self, code: str, now_us: int) -> tuple[str, int, dict[str, Any]]:
+        """The induct reader's scan of ``code`` (``""``: a no-read), as a record to log."""
+        c = self.state.counters
+        scan_id = c["next_scan_id"]
+        c["next_scan_id"] = scan_id + 1
+        scan_time = self.state.next_time_us(READER, now_us)
+        return (READER, scan_time, {
+            "device_name": self.server.reader_name, "scan_id": scan_id, "code": code,
+            "code_type": "CODE128" if code else "", "scan_time_us": scan_time})
+
+    def confirm_record(self, tracking: str, barcode: str, result: str, chute: str | None,
+                       now_us: int) -> tuple[str, int, dict[str, Any]]:
+        """A divert confirm, as a record to log (counts it)."""
+        return self._confirm(tracking, barcode, result, chute, now_us)
+
     def _plan(self, now_us: int) -> list[tuple[str, int, dict[str, Any]]]:
         """One new item (scan + confirm) and the pass of one recirculating item."""
-        rng, c = self.rng, self.state.counters
+        rng = self.rng
         records: list[tuple[str, int, dict[str, Any]]] = []
         if self._recirculating:
             tracking, barcode = self._recirculating.popleft()
             chute = rng.choice(self.server.chutes)
             result = "chute-full" if self.full[chute] else "diverted"
             records.append(self._confirm(tracking, barcode, result, chute, now_us))
-        tracking_n = c["next_tracking_id"]
-        c["next_tracking_id"] = tracking_n + 1
-        tracking = f"T{tracking_n:08d}"
-        scan_id = c["next_scan_id"]
-        c["next_scan_id"] = scan_id + 1
+        tracking = self.next_tracking_id()
         no_read = rng.random() < NO_READ_RATE
         barcode = "" if no_read else f"TOTE-{rng.randrange(1_000_000):06d}"
-        scan_time = self.state.next_time_us(READER, now_us)
-        records.append((READER, scan_time, {
-            "device_name": self.server.reader_name, "scan_id": scan_id, "code": barcode,
-            "code_type": "" if no_read else "CODE128", "scan_time_us": scan_time}))
+        records.append(self.scan_record(barcode, now_us))
         if no_read:
             records.append(self._confirm(tracking, "", "no-read", None, now_us))
             return records
@@ -130,24 +145,37 @@ class SorterSimulation:
             self._recirculating.append((tracking, barcode))
         return records
 
-    async def step(self) -> None:
-        """One item: log it durably, then fire its events and update counters and flags."""
-        now_us = time.time_ns() // 1000
-        logged = self.state.commit(self._plan(now_us))
+    async def fire_records(self, records: list[tuple[str, int, dict[str, Any]]]
+                           ) -> list[LogRecord]:
+        """Log ``records`` durably, then fire their events and update the counters."""
+        logged = self.state.commit(records)
         srv = self.server
         nodes = srv.nodes
         assert nodes is not None
         for rec in logged:
             await srv.fire(srv.build_event(rec))
-        when = to_datetime(now_us)
+        when = to_datetime(records[-1][1] if records else time.time_ns() // 1000)
         for key in COUNTER_NODES:
             await srv.write(nodes.counters[key], self.state.counters[key], ua.VariantType.Int64,
                             when)
+        return logged
+
+    async def set_full(self, chute: str, full: bool) -> None:
+        """Set or clear a chute's Full flag."""
+        nodes = self.server.nodes
+        assert nodes is not None
+        self.full[chute] = full
+        await self.server.write(nodes.chutes[chute], full, ua.VariantType.Boolean)
+
+    async def step(self) -> None:
+        """One item: log it durably, then fire its events and update counters and flags."""
+        now_us = time.time_ns() // 1000
+        await self.fire_records(self._plan(now_us))
+        srv = self.server
         chute = self.rng.choice(srv.chutes)
         flip = CHUTE_EMPTY_RATE if self.full[chute] else CHUTE_FILL_RATE
         if self.rng.random() < flip:
-            self.full[chute] = not self.full[chute]
-            await srv.write(nodes.chutes[chute], self.full[chute], ua.VariantType.Boolean, when)
+            await self.set_full(chute, not self.full[chute])
         self.items += 1
 
     async def run_items(self, rate: float, total: int | None = None) -> None:

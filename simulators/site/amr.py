@@ -1,0 +1,292 @@
+"""The site's AMRs: VDA 5050 vehicles carrying cartons from pack stations to dock doors.
+
+The vehicles are ``simulators.amr_vehicle.Vehicle`` s; this module adds what
+the site needs: each terminal action is written to the ledger with the
+timestamp of the first state that shows it (that state's header time is the
+event's ``occurred_at``), the last will of the current connection is kept (an
+AMR killed mid-run makes the broker publish exactly that message), and an
+emergency stop shows in ``safetyState``. ``AmrDispatcher`` is the master
+control: one carton per order, pick at the pack station, drop at a dock door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from gateway.core.events import parse_time
+from simulators.amr_vehicle import MAP_ID, AmrOptions, Vehicle
+from simulators.site.config import AMR_FLEET, SiteLayout
+from simulators.site.ledger import Ledger
+
+__all__ = ["AmrDispatcher", "SiteVehicle", "site_map"]
+
+log = structlog.get_logger(__name__)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def site_map(layout: SiteLayout) -> dict[str, tuple[float, float]]:
+    """Positions (m) of the pack stations (west wall) and dock doors (east wall)."""
+    spots = {layout.pack_location(n): (0.0, 2.0 * n) for n in range(1, layout.pack_stations + 1)}
+    spots.update({layout.dock(n): (12.0, 2.0 * n) for n in range(1, layout.docks + 1)})
+    return spots
+
+
+class SiteVehicle(Vehicle):
+    """A vehicle that reports its terminal actions and its last will to the site."""
+
+    def __init__(self, opts: AmrOptions, serial: str, rng: random.Random, start: str,
+                 on_terminal: Callable[[SiteVehicle, dict[str, Any], dict[str, Any]], None]
+                 ) -> None:
+        #: The last will the broker holds for the current connection.
+        self.will_payload = b""
+        self._next_will = b""
+        self.estop = False
+        self._on_terminal = on_terminal
+        self._told: set[tuple[str, str]] = set()
+        super().__init__(opts, serial, rng, start=start)
+
+    def _connection(self, state: str) -> bytes:
+        payload = super()._connection(state)
+        if state == "CONNECTIONBROKEN":
+            self._next_will = payload
+        return payload
+
+    def _online(self) -> None:
+        # The will composed before this CONNECT is the one the broker now holds;
+        # the one composed here goes with the next connection.
+        self.will_payload = self._next_will
+        super()._online()
+
+    def state(self) -> dict[str, Any]:
+        """The state message, with the emergency stop when it is pressed."""
+        st = super().state()
+        if self.estop:
+            st["safetyState"] = {"eStop": "MANUAL", "fieldViolation": False}
+        return st
+
+    def publish_state(self) -> None:
+        """Publish the state now (QoS 0); the first state showing an action terminal tells."""
+        if not self.link.connected.is_set():
+            return
+        st = self.state()
+        for action in st["actionStates"]:
+            key = (st["orderId"], action["actionId"])
+            if action["actionStatus"] in ("FINISHED", "FAILED") and key not in self._told:
+                self._told.add(key)
+                self._on_terminal(self, action, st)
+        self.link.publish(f"{self.prefix}/state", _dumps(st).encode(), 0)
+        self.published["state"] += 1
+        self._last_state = time.monotonic()
+
+    def kill(self) -> None:
+        """Die where it stands: the socket closes without DISCONNECT (the broker sends the will)."""
+        self._stopping = True
+        self.link.drop_connection()
+        for t in [*self._tasks, *([self._order_task] if self._order_task else [])]:
+            t.cancel()
+
+
+class AmrDispatcher:
+    """The master control: cartons in, one order per carton to an idle vehicle."""
+
+    def __init__(self, layout: SiteLayout, ledger: Ledger, opts: AmrOptions, *,
+                 rest_s: float, seed: int, link_publish: Callable[[str, bytes], Any]) -> None:
+        self.layout = layout
+        self.ledger = ledger
+        self.opts = opts
+        self.rest_s = rest_s
+        self.rng = random.Random(seed)
+        self._publish = link_publish
+        self.map = site_map(layout)
+        self.vehicles: dict[str, SiteVehicle] = {}
+        self.idle: deque[str] = deque()
+        self._has_idle = asyncio.Event()
+        self.cartons: asyncio.Queue[tuple[str, int, str | None]] = asyncio.Queue()
+        self.orders = 0
+        self.delivered = 0
+        self._dock = 0
+        self._held_until = 0.0
+        self._carrying: dict[str, tuple[str, str, str]] = {}  # serial -> carton, from, to
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- vehicles -------------------------------------------------------------------
+
+    def add(self, serial: str) -> SiteVehicle:
+        """Create, start and make available vehicle ``serial`` (at the first dock)."""
+        v = SiteVehicle(self.opts, serial, random.Random(self.rng.random()),
+                        self.layout.dock(1), self._terminal)
+        v.x, v.y = self.map[self.layout.dock(1)]
+        self.vehicles[serial] = v
+        v.start()
+        self._release(serial)
+        return v
+
+    def _release(self, serial: str) -> None:
+        self.idle.append(serial)
+        self._has_idle.set()
+
+    async def _take_idle(self) -> SiteVehicle:
+        while True:
+            while not self.idle:
+                self._has_idle.clear()
+                await self._has_idle.wait()
+            serial = self.idle.popleft()
+            v = self.vehicles.get(serial)
+            if v is not None and v.link.connected.is_set():
+                return v
+            if v is not None:  # not connected yet: try again shortly
+                self._later(0.2, lambda s=serial: self._release(s))  # type: ignore[misc]
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_later(delay, fn)
+
+    def kill(self, down_s: float) -> dict[str, Any]:
+        """Kill the next idle vehicle (power lost where it parks); back after ``down_s``."""
+        task = asyncio.create_task(self._kill(down_s), name="amr-kill")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {"killing": "the next idle vehicle", "down_s": down_s}
+
+    async def _kill(self, down_s: float) -> None:
+        v = await self._take_idle()
+        will = json.loads(v.will_payload)
+        ms = round(parse_time(will["timestamp"]) * 1000)
+        key = f"connection:{will['manufacturer']}/{v.serial}/{will['headerId']}@{ms}:broken"
+        v.kill()
+        self.ledger.record(
+            "amr_connection_broken", "exception", AMR_FLEET, key, time.time(), container=None,
+            fields={"reason": "amr_connection_broken", "connection_state": "CONNECTIONBROKEN",
+                    "amr": v.serial, "manufacturer": will["manufacturer"],
+                    "header_id": will["headerId"], "order_id": v.order_id or None},
+            amr=v.serial)
+        log.info("site_amr_killed", amr=v.serial, down_s=down_s)
+        await self._revive(v.serial, down_s)
+
+    async def _revive(self, serial: str, down_s: float) -> None:
+        await asyncio.sleep(down_s)
+        old = self.vehicles.pop(serial)
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*old._tasks, return_exceptions=True)
+        self.add(serial)
+        log.info("site_amr_revived", amr=serial)
+
+    def estop(self, seconds: float) -> dict[str, Any]:
+        """Press the emergency stop of a vehicle for ``seconds`` (ledger: raised and released)."""
+        serial = self.rng.choice(sorted(self.vehicles))
+        v = self.vehicles[serial]
+        v.estop = True
+        v.publish_state()
+        now = time.time()
+        self.ledger.record("amr_estop", "exception", AMR_FLEET, f"estop:{serial}@{now:.3f}", now,
+                           container=None, fields={"reason": "amr_estop", "amr": serial},
+                           amr=serial)
+
+        def release() -> None:
+            v.estop = False
+            v.publish_state()
+            t = time.time()
+            self.ledger.record("amr_estop", "exception", AMR_FLEET,
+                               f"estop_cleared:{serial}@{t:.3f}", t, container=None,
+                               fields={"reason": "amr_estop_cleared", "amr": serial}, amr=serial)
+
+        self._later(seconds, release)
+        return {"estop": serial, "seconds": seconds}
+
+    # -- orders ---------------------------------------------------------------------
+
+    def _order(self, v: SiteVehicle, carton: str, pack: str, dock: str) -> dict[str, Any]:
+        self.orders += 1
+        order_id = f"ORD-{v.serial}-{self.orders:06d}"
+        stops = [(v.last_node, None), (pack, "pick"), (dock, "drop")]
+        nodes, edges = [], []
+        for i, (node_id, action) in enumerate(stops):
+            x, y = self.map.get(node_id, (v.x, v.y))
+            actions = [] if action is None else [{
+                "actionType": action, "actionId": f"{order_id}-{action}", "blockingType": "HARD",
+                "actionParameters": [{"key": "loadId", "value": carton},
+                                     {"key": "stationName", "value": node_id}]}]
+            nodes.append({"nodeId": node_id, "sequenceId": 2 * i, "released": True,
+                          "nodePosition": {"x": x, "y": y, "mapId": MAP_ID}, "actions": actions})
+            if i:
+                prev = stops[i - 1][0]
+                edges.append({"edgeId": f"{prev}>{node_id}", "sequenceId": 2 * i - 1,
+                              "released": True, "startNodeId": prev, "endNodeId": node_id,
+                              "actions": []})
+        return {**v.header("order"), "orderId": order_id, "orderUpdateId": 0, "nodes": nodes,
+                "edges": edges}
+
+    def hold(self, seconds: float) -> dict[str, Any]:
+        """Send no new orders for ``seconds`` (a master control's hold)."""
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        return {"held_s": seconds, "busy": self.busy()}
+
+    def busy(self) -> int:
+        """Vehicles running an order now."""
+        return sum(not v.idle.is_set() for v in self.vehicles.values())
+
+    async def run(self) -> None:
+        """Dispatch cartons forever."""
+        while True:
+            carton, station, _order = await self.cartons.get()
+            while (wait := self._held_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            v = await self._take_idle()
+            self._dock = self._dock % self.layout.docks + 1
+            pack, dock = self.layout.pack_location(station), self.layout.dock(self._dock)
+            msg = self._order(v, carton, pack, dock)
+            self._carrying[v.serial] = (carton, pack, dock)
+            # QoS 1: the gateway's persistent session holds the order while it is away.
+            self._publish(f"{v.prefix}/order", _dumps(msg).encode())
+            task = asyncio.create_task(self._watch(v, msg["orderId"]), name=f"watch-{v.serial}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, v: SiteVehicle, order_id: str) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while v.order_id != order_id:
+                    await asyncio.sleep(0.05)
+        await v.idle.wait()
+        await asyncio.sleep(self.rest_s)
+        if self.vehicles.get(v.serial) is v:
+            self._release(v.serial)
+
+    def _terminal(self, v: SiteVehicle, action: dict[str, Any], st: dict[str, Any]) -> None:
+        carrying = self._carrying.get(v.serial)
+        if carrying is None:
+            return
+        carton, pack, dock = carrying
+        kind = action["actionType"]
+        key = f"action:{st['manufacturer']}/{v.serial}/{st['orderId']}/{action['actionId']}"
+        t = parse_time(st["timestamp"])
+        base = {"amr": v.serial, "manufacturer": st["manufacturer"], "order_id": st["orderId"],
+                "action_id": action["actionId"], "action_type": kind}
+        if action["actionStatus"] == "FAILED":
+            self.ledger.record("amr_action_failed", "exception", AMR_FLEET, f"{key}:failed", t,
+                               container=carton, fields={"reason": "amr_action_failed", **base},
+                               amr=v.serial)
+        elif kind == "pick":
+            self.ledger.record("amr_pick", "pick", AMR_FLEET, key, t, container=carton,
+                               fields={"load": carton, "station": pack, **base}, amr=v.serial)
+        elif kind == "drop":
+            self.ledger.record("amr_drop", "move", AMR_FLEET, key, t, container=carton,
+                               fields={"load": carton, "from": pack, "to": dock, **base},
+                               amr=v.serial)
+            self.delivered += 1
+
+    async def stop(self) -> None:
+        """Stop every vehicle (orderly: OFFLINE, no will) and the watchers."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(v.stop() for v in self.vehicles.values()),
+                             return_exceptions=True)

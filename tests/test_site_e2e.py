@@ -1,0 +1,174 @@
+"""The whole simulated site through the real gateway, with faults during the run.
+
+The site (its own process: Modbus conveyor, OPC UA sorter, MQTT pack-station
+scanners, VDA 5050 AMRs) writes what physically happened to its ledger; the
+gateway (its own process) reads every device and delivers to the WMS
+simulator. The truth check must find nothing missing, phantom, wrong or out
+of order, whatever happens on the way: a WMS outage, the gateway killed and
+restarted, the conveyor PLC restarted warm, the OPC UA server down and back,
+an AMR killed, and the site's own faults (no-reads, a jam, a full chute,
+short picks, an overweight carton, an emergency stop, a stalled PLC whose
+tracking ring overruns). Every event the WMS accepted must also be valid
+against the ``wh.event.v1`` JSON Schema the status server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from e2e import delivered, start, wait_until
+
+from simulators.broker import MosquittoBroker
+from simulators.harness.gateway import GatewayProcess, GatewaySetup
+from simulators.harness.site import SiteProcess
+from simulators.site import SiteLayout, read_ledger, verify
+from simulators.wms import WmsSimulator
+
+ROUTES = ["scan", "pick", "pack", "move", "exception"]
+
+
+def _gateway(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator,
+             site: SiteProcess) -> GatewayProcess:
+    return GatewayProcess(GatewaySetup(
+        workdir=tmp_path / "gw", broker_port=broker.port, wms_url=wms.url, scanners=0,
+        devices=site.devices(), http_extra={"routes": ROUTES}))
+
+
+async def _run_site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator, *,
+                    orders: int, rate: float,
+                    faults: Callable[[SiteProcess, GatewayProcess], Awaitable[None]]
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]], GatewayProcess]:
+    site = SiteProcess(tmp_path / "site", broker.port, layout=SiteLayout(zones=2, amrs=4),
+                       extra=["--order-rate", str(rate), "--orders", str(orders),
+                              "--amr-speed", "8", "--amr-action-time", "0.3"])
+    await asyncio.to_thread(site.start)
+    gw = _gateway(tmp_path, broker, wms, site)
+    try:
+        await start(gw)
+        await asyncio.to_thread(site.start_orders)
+        await faults(site, gw)
+        await wait_until(lambda: site.state()["idle"], 120, "every order delivered to a dock",
+                         0.5, state=site.state)
+        await delivered(gw, timeout=60)
+        # The last AMR states and polls are in; one more backlog check after a beat.
+        await asyncio.sleep(1.0)
+        await delivered(gw, timeout=60)
+        schema = await asyncio.to_thread(_get_json, gw.status_url + "/api/schema")
+    finally:
+        await asyncio.to_thread(gw.stop)
+        await asyncio.to_thread(site.stop)
+    _, entries = read_ledger(site.ledger)
+    events = [rec["event"] for rec in wms.events]
+    report = verify(entries, events)
+    shipped = json.loads(resources.files("gateway").joinpath("schema/wh.event.v1.json")
+                         .read_text("utf-8"))
+    assert schema == shipped
+    return report, events, gw
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("application/schema+json")
+        return json.loads(r.read())
+
+
+def _assert_valid(events: list[dict[str, Any]], schema: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    bad = [(ev, [e.message for e in validator.iter_errors(ev)]) for ev in events]
+    bad = [b for b in bad if b[1]]
+    assert not bad, f"{len(bad)} events break wh.event.v1, first: {bad[0]}"
+
+
+def _assert_truth(report: dict[str, Any]) -> None:
+    summary = {k: report[k] for k in ("missing", "phantom", "wrong_fields", "out_of_order")}
+    assert report["ok"], f"truth check {summary}: {json.dumps(report['examples'][:4])}"
+
+
+async def _faults(site: SiteProcess, gw: GatewayProcess, wms: WmsSimulator) -> None:
+    def fault(name: str, **body: Any) -> Awaitable[dict[str, Any]]:
+        return asyncio.to_thread(site.fault, name, **body)
+
+    await fault("no_read", count=2)
+    await fault("short_pick", count=2)
+    await fault("overweight", count=1)
+    await asyncio.sleep(3)
+    await wms.outage_for(4.0)
+    await fault("conveyor_restart", mode="warm", down_s=1.0)
+    await asyncio.sleep(3)
+    await fault("jam", zone=2, seconds=2.0)
+    await fault("chute_full", station=1, seconds=3.0)
+    await asyncio.sleep(3)
+    await fault("sorter_restart", down_s=2.0)
+    await asyncio.sleep(4)
+    # The gateway keeps an AMR's order and load in memory only, and VDA 5050
+    # states are QoS 0: a kill while a vehicle carries loses what it knew
+    # (test_site_gateway_killed_mid_amr_order). Here the master control holds
+    # its dispatch while the gateway is killed and restarted.
+    await fault("amr_hold", seconds=8.0)
+    await wait_until(lambda: site.state()["amrs_busy"] == 0, 30, "every AMR idle", 0.2)
+    await asyncio.to_thread(gw.kill)
+    await start(gw)
+    await asyncio.sleep(2)
+    await fault("amr_kill", down_s=2.0)
+    await fault("amr_estop", seconds=2.0)
+    await asyncio.sleep(3)
+    await fault("ring_overrun", seconds=10.0)
+    await asyncio.sleep(11)
+
+
+async def test_site_with_faults_truth_check_is_clean(tmp_path: Path, broker: MosquittoBroker,
+                                                     wms: WmsSimulator) -> None:
+    report, events, _ = await _run_site(
+        tmp_path, broker, wms, orders=20, rate=0.5,
+        faults=lambda site, gw: _faults(site, gw, wms))
+    _assert_truth(report)
+    # The faults happened and were checked, not skipped.
+    kinds = report["unchecked_kinds"]
+    assert kinds.get("short_pick") == 2 and kinds.get("pack_overweight") == 1
+    assert report["lost_by_device"] > 0 and report["lost_reported"] == report["lost_by_device"]
+    reasons = {ev["data"].get("reason") for ev in events if ev["type"] == "exception"}
+    assert {"no_read", "jam", "jam_cleared", "chute_full", "tracking_lost",
+            "amr_connection_broken"} <= reasons
+    _assert_valid(events, json.loads(resources.files("gateway").joinpath(
+        "schema/wh.event.v1.json").read_text("utf-8")))
+
+
+@pytest.mark.soak
+async def test_site_long_run_with_faults_twice(tmp_path: Path, broker: MosquittoBroker,
+                                               wms: WmsSimulator) -> None:
+    async def twice(site: SiteProcess, gw: GatewayProcess) -> None:
+        await _faults(site, gw, wms)
+        await _faults(site, gw, wms)
+
+    report, _events, _ = await _run_site(tmp_path, broker, wms, orders=120, rate=1.0,
+                                        faults=twice)
+    _assert_truth(report)
+    assert report["expected"] > 1000
+
+
+@pytest.mark.soak
+@pytest.mark.xfail(reason="the AMR recognizer keeps planned actions and carried loads in memory "
+                          "only and VDA 5050 states are QoS 0: a gateway killed while AMRs "
+                          "carry cartons reports drops without their load or origin",
+                   strict=False)
+async def test_site_gateway_killed_mid_amr_order(tmp_path: Path, broker: MosquittoBroker,
+                                                 wms: WmsSimulator) -> None:
+    async def kill_while_carrying(site: SiteProcess, gw: GatewayProcess) -> None:
+        for _ in range(3):
+            await wait_until(lambda: site.state()["amrs_busy"] >= 2, 60, "AMRs carrying", 0.1)
+            await asyncio.to_thread(gw.kill)
+            await asyncio.sleep(3.0)
+            await start(gw)
+            await asyncio.sleep(4.0)
+
+    report, _events, _ = await _run_site(tmp_path, broker, wms, orders=24, rate=0.5,
+                                         faults=kill_while_carrying)
+    _assert_truth(report)
