@@ -25,7 +25,12 @@ from pymodbus.client import AsyncModbusTcpClient
 from waiting import wait_until, wait_until_sync
 
 from simulators.broker import MosquittoBroker
-from simulators.harness.vendor import VendorPlcProcess, VendorScannerProcess, VendorSorterProcess
+from simulators.harness.vendor import (
+    VendorPlcProcess,
+    VendorScannerProcess,
+    VendorSorterProcess,
+    fire_confirms,
+)
 from simulators.vendor.ledger import Ledger, RetentiveState, read_ledger
 from simulators.vendor.sorter import EVENT_TYPE, PARCEL_COUNT, SOURCE
 
@@ -109,6 +114,22 @@ async def test_sorter_continues_its_ids_after_a_restart_and_with_history_keeps_t
     # The history after the restart holds what the first boot fired, with its event ids.
     assert sorted((ev.SeqNo, ev.EventId) for ev in history) == [
         (e["seq_no"], bytes.fromhex(e["event_id"])) for e in logged]
+
+
+async def test_sorter_fires_confirms_with_a_forced_code_on_request(tmp_path: Path) -> None:
+    proc = VendorSorterProcess(tmp_path / "sorter", rate=0)
+    try:
+        await asyncio.to_thread(proc.start)
+        assert await fire_confirms(proc.endpoint, 3, 2) == 4
+        assert await fire_confirms(proc.endpoint, 2, 1) == 6
+        assert await fire_confirms(proc.endpoint, 1, 9) == 7
+    finally:
+        proc.stop(10)
+    logged = proc.ledger("divert_confirm")
+    assert [e["result_code"] for e in logged] == [2, 2, 2, 1, 1, 9]
+    assert all(e["label_code"] and e["destination"] for e in logged if e["result_code"] != 1)
+    assert all(not e["label_code"] and not e["destination"] for e in logged
+               if e["result_code"] == 1)
 
 
 # -- vendor PLC ----------------------------------------------------------------------

@@ -13,11 +13,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from asyncua import ua
+from asyncua.client.client import Client
+
 from simulators.broker import free_port
 from simulators.harness.process import ChildProcess, python_module
 from simulators.vendor.ledger import read_ledger
+from simulators.vendor.sorter import FIRE_CONFIRMS, SIMULATION
 
-__all__ = ["VendorPlcProcess", "VendorScannerProcess", "VendorSorterProcess"]
+__all__ = ["VendorPlcProcess", "VendorScannerProcess", "VendorSorterProcess", "fire_confirms"]
 
 
 class _VendorProcess(ChildProcess):
@@ -80,6 +84,18 @@ class VendorSorterProcess(_VendorProcess):
         """Start and wait until the port accepts connections."""
         super().start()
         self.wait_listening(self.port, timeout)
+
+
+async def fire_confirms(endpoint: str, count: int, result_code: int = -1) -> int:
+    """Make the vendor sorter fire ``count`` confirms now; return its next SeqNo.
+
+    ``result_code`` forces the result (``-1``: drawn at the simulator's rates).
+    """
+    async with Client(endpoint, timeout=10) as client:
+        result = await client.get_node(SIMULATION).call_method(
+            ua.NodeId.from_string(FIRE_CONFIRMS), ua.Variant(count, ua.VariantType.UInt32),
+            ua.Variant(result_code, ua.VariantType.Int32))
+    return int(result)
 
 
 class VendorPlcProcess(_VendorProcess):

@@ -17,6 +17,9 @@ third-party sortation controller does. Address space (namespace
       LSX.Sorter1             ns=2;s=LSX.Sorter1              fires ParcelDivertEventType
         ParcelCount           ns=2;s=LSX.Sorter1.ParcelCount  UInt32, confirms fired in total
         Running               ns=2;s=LSX.Sorter1.Running      Boolean
+      Simulation              ns=2;s=Simulation               test control: method
+        FireConfirms(count UInt32, result_code Int32) -> UInt32 next SeqNo
+                              fires count confirms now (result_code -1: drawn at the rates)
 
 ``--no-history`` (the default) is a minimal server: the notifier is not
 historized and every HistoryRead is refused (``BadHistoryOperationUnsupported``).
@@ -60,6 +63,10 @@ EVENT_TYPE: Final = "ns=2;i=1001"
 SOURCE: Final = "ns=2;s=LSX.Sorter1"
 PARCEL_COUNT: Final = "ns=2;s=LSX.Sorter1.ParcelCount"
 RUNNING: Final = "ns=2;s=LSX.Sorter1.Running"
+#: Test control: ``FireConfirms(count: UInt32, result_code: Int32) -> next SeqNo``
+#: fires ``count`` confirms at once with that result code (``-1``: drawn at the rates).
+SIMULATION: Final = "ns=2;s=Simulation"
+FIRE_CONFIRMS: Final = "ns=2;s=Simulation.FireConfirms"
 #: The result codes of the vendor's manual.
 RESULT_CODES: Final = {0: "diverted", 1: "no-read", 2: "chute-full"}
 #: A code the device sends that its manual does not list.
@@ -173,6 +180,10 @@ class VendorSorter:
                                   self.state["parcel_count"], ua.VariantType.UInt32)
         await sorter.add_variable(ua.NodeId.from_string(RUNNING), "Running", True,
                                   ua.VariantType.Boolean)
+        sim = await srv.nodes.objects.add_object(ua.NodeId.from_string(SIMULATION), "Simulation")
+        await sim.add_method(ua.NodeId.from_string(FIRE_CONFIRMS), "FireConfirms",
+                             self._fire_confirms, [ua.VariantType.UInt32, ua.VariantType.Int32],
+                             [ua.VariantType.UInt32])
         gen = await srv.get_event_generator(etype, sorter.nodeid)
         self._template = gen.event
         if self.opts.history:
@@ -229,10 +240,20 @@ class VendorSorter:
             return UNKNOWN_CODE, destination, label
         return 0, destination, label
 
-    async def confirm(self) -> dict[str, Any]:
-        """One parcel: reserve its ids, write it to the ledger, then fire its event."""
+    async def confirm(self, result_code: int | None = None) -> dict[str, Any]:
+        """One parcel: reserve its ids, write it to the ledger, then fire its event.
+
+        ``result_code`` forces the result (``None``: drawn at the configured rates).
+        """
         st = self.state
         code, destination, label = self._draw()
+        if result_code is not None:
+            code = result_code
+            if code == 1:
+                destination = label = ""
+            elif not label:
+                label = f"PCL{self.rng.randrange(10_000_000):07d}"
+                destination = self.rng.choice(self.destinations)
         parcel_id, seq_no = st["next_parcel_id"], st["next_seq_no"]
         st["next_parcel_id"] = (parcel_id + 1) & _U32
         st["next_seq_no"] = (seq_no + 1) & _U32
@@ -250,6 +271,14 @@ class VendorSorter:
         await self._write(PARCEL_COUNT, st["parcel_count"], ua.VariantType.UInt32)
         self.fired += 1
         return entry
+
+    async def _fire_confirms(self, parent: ua.NodeId, count: ua.Variant,
+                             code: ua.Variant) -> list[ua.Variant]:
+        # Test control: fire `count` confirms now, with result `code` (-1: drawn).
+        forced = None if code.Value < 0 else int(code.Value)
+        for _ in range(int(count.Value)):
+            await self.confirm(forced)
+        return [ua.Variant(self.state["next_seq_no"], ua.VariantType.UInt32)]
 
     async def _write(self, node: str, value: Any, vtype: ua.VariantType) -> None:
         stamp = cast(ua.DateTime, datetime.now(UTC))
