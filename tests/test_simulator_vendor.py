@@ -74,25 +74,27 @@ async def test_sorter_fires_its_own_event_type_and_logs_every_confirm(
             await client.get_node(SOURCE).read_event_history(None, None, 0,
                                                              [client.get_node(EVENT_TYPE)])
         count = await client.get_node(PARCEL_COUNT).read_value()
-    assert names == {"ParcelId": ua.VariantType.UInt32, "ResultCode": ua.VariantType.Int32,
-                     "Destination": ua.VariantType.String, "Scanner": ua.VariantType.String,
-                     "LabelCode": ua.VariantType.String, "SeqNo": ua.VariantType.UInt32}
+    assert names == {"ParcelId": ua.VariantType.UInt32, "Sequence": ua.VariantType.UInt32,
+                     "ResultCode": ua.VariantType.Int32, "Label": ua.VariantType.String,
+                     "InductPoint": ua.VariantType.String, "Destination": ua.VariantType.String}
     assert "BadHistoryOperationUnsupported" in str(err.value)
-    by_seq = {e["seq_no"]: e for e in sorter_proc.ledger("divert_confirm")}
+    by_seq = {e["sequence"]: e for e in sorter_proc.ledger("divert_confirm")}
     assert count >= 10
     for ev in handler.events:
-        logged = by_seq[ev.SeqNo]
-        assert (ev.ParcelId, ev.ResultCode, ev.Destination, ev.LabelCode, ev.Scanner) == (
+        logged = by_seq[ev.Sequence]
+        assert (ev.ParcelId, ev.ResultCode, ev.Destination, ev.Label, ev.InductPoint) == (
             logged["parcel_id"], logged["result_code"], logged["destination"],
-            logged["label_code"], logged["scanner"])
+            logged["label"], logged["induct_point"])
         assert ev.EventId == bytes.fromhex(logged["event_id"])
-        assert ev.ResultCode in (0, 1, 2)
-        assert (ev.LabelCode == "") == (ev.ResultCode == 1)
+        assert ev.ResultCode in (0, 1, 2, 3, 4)
+        assert (ev.Label == "") == (ev.ResultCode == 1)
+        assert (ev.Destination == "") == (ev.ResultCode in (1, 3))
 
 
 async def test_sorter_continues_its_ids_after_a_restart_and_with_history_keeps_them(
         tmp_path: Path) -> None:
-    proc = VendorSorterProcess(tmp_path / "sorter", rate=50.0, total=15, history=True)
+    proc = VendorSorterProcess(tmp_path / "sorter", rate=50.0, total=15, history=True,
+                               extra=["--recirculate-rate", "0"])
     try:
         await asyncio.to_thread(proc.start)
         await wait_until(lambda: len(proc.ledger()) >= 15, 20, "15 confirms logged")
@@ -107,13 +109,13 @@ async def test_sorter_continues_its_ids_after_a_restart_and_with_history_keeps_t
         proc.kill()
     logged = proc.ledger()
     assert [e["parcel_id"] for e in logged] == list(range(1, 31))
-    assert [e["seq_no"] for e in logged] == list(range(1, 31))
+    assert [e["sequence"] for e in logged] == list(range(1, 31))
     assert [e["n"] for e in logged] == list(range(1, 31))
     assert {e["boot"] for e in logged[:15]} == {1} and {e["boot"] for e in logged[15:]} == {2}
     assert logged[:15] == before
     # The history after the restart holds what the first boot fired, with its event ids.
-    assert sorted((ev.SeqNo, ev.EventId) for ev in history) == [
-        (e["seq_no"], bytes.fromhex(e["event_id"])) for e in logged]
+    assert sorted((ev.Sequence, ev.EventId) for ev in history) == [
+        (e["sequence"], bytes.fromhex(e["event_id"])) for e in logged]
 
 
 async def test_sorter_fires_confirms_with_a_forced_code_on_request(tmp_path: Path) -> None:
@@ -123,12 +125,16 @@ async def test_sorter_fires_confirms_with_a_forced_code_on_request(tmp_path: Pat
         assert await fire_confirms(proc.endpoint, 3, 2) == 4
         assert await fire_confirms(proc.endpoint, 2, 1) == 6
         assert await fire_confirms(proc.endpoint, 1, 9) == 7
+        assert await fire_confirms(proc.endpoint, 1, 4) == 8  # recirculated ...
+        assert await fire_confirms(proc.endpoint, 1, 0) == 9  # ... and confirmed again
     finally:
         proc.stop(10)
     logged = proc.ledger("divert_confirm")
-    assert [e["result_code"] for e in logged] == [2, 2, 2, 1, 1, 9]
-    assert all(e["label_code"] and e["destination"] for e in logged if e["result_code"] != 1)
-    assert all(not e["label_code"] and not e["destination"] for e in logged
+    assert [e["result_code"] for e in logged] == [2, 2, 2, 1, 1, 9, 4, 0]
+    assert [e["parcel_id"] for e in logged] == [1, 2, 3, 4, 5, 6, 7, 7]
+    assert logged[6]["label"] == logged[7]["label"]
+    assert all(e["label"] and e["destination"] for e in logged if e["result_code"] != 1)
+    assert all(not e["label"] and not e["destination"] for e in logged
                if e["result_code"] == 1)
 
 
@@ -141,48 +147,56 @@ async def _modbus(port: int) -> AsyncModbusTcpClient:
     return client
 
 
+def _text(registers: list[int]) -> str:
+    return struct.pack(f">{len(registers)}H", *registers).rstrip(b"\x00").decode()
+
+
 async def test_plc_serves_its_map_refuses_holes_and_logs_every_change(tmp_path: Path) -> None:
     proc = VendorPlcProcess(tmp_path / "plc", counter_start=2**32 - 2)
     try:
         await asyncio.to_thread(proc.start)
         client = await _modbus(proc.port)
         assert len(proc.control("items", {"count": 3})["increments"]) == 3
-        proc.control("track", {"container": "BOX-0042", "from": 3, "to": 11})
+        proc.control("track", {"container": "BOX-0042", "from": 2, "to": 6})
         proc.control("fault", {"active": True, "code": 42})
-        proc.control("temperature", {"value": 81.5})
-        counter = await client.read_holding_registers(1001, count=2, device_id=1)
-        group = await client.read_holding_registers(2051, count=11, device_id=1)
-        code = await client.read_holding_registers(3001, count=1, device_id=1)
-        bits = await client.read_discrete_inputs(16, count=8, device_id=1)
-        temp = await client.read_input_registers(301, count=2, device_id=1)
+        proc.control("temperature", {"value": -1.5})
+        boot = await client.read_holding_registers(1, count=1, device_id=1)
+        counter = await client.read_holding_registers(11, count=2, device_id=1)
+        group = await client.read_holding_registers(21, count=7, device_id=1)
+        ends = [await client.read_holding_registers(a, count=1, device_id=1) for a in (29, 31)]
+        code = await client.read_holding_registers(41, count=1, device_id=1)
+        fault = await client.read_coils(5, count=1, device_id=1)
+        running = await client.read_discrete_inputs(0, count=1, device_id=1)
+        temp = await client.read_input_registers(3, count=1, device_id=1)
         holes = [await client.read_holding_registers(a, count=n, device_id=1)
-                 for a, n in ((1000, 1), (1003, 1), (1001, 3), (2050, 2), (2062, 1))]
-        hole_di = await client.read_discrete_inputs(0, count=1, device_id=1)
-        write = await client.write_register(1001, 5, device_id=1)
+                 for a, n in ((0, 1), (2, 1), (11, 3), (21, 11), (28, 2), (30, 1), (13, 1))]
+        hole_di = await client.read_discrete_inputs(16, count=1, device_id=1)
+        write = await client.write_register(11, 5, device_id=1)
         assert not (await client.write_coil(8, True, device_id=1)).isError()  # fault reset
-        cleared = await client.read_discrete_inputs(21, count=1, device_id=1)
+        cleared = await client.read_coils(0, count=16, device_id=1)
         client.close()
     finally:
         proc.stop(10)
+    assert boot.registers == [1]
     assert counter.registers == [1, 0]  # 2^32 - 2 + 3 wrapped to 1, low word first (CDAB)
-    text = struct.pack(">8H", *group.registers[1:9]).rstrip(b"\x00").decode()
-    assert (group.registers[0], text, group.registers[9], group.registers[10]) == (
-        1, "BOX-0042", 3, 11)
+    assert group.registers[:2] == [0, 1]  # sequence 1 (u32, high word first)
+    assert _text(group.registers[2:]) == "BOX-0042"
+    assert [r.registers[0] for r in ends] == [2, 6]
     assert code.registers == [42]
-    assert bits.bits[0] is True and bits.bits[5] is True  # running (16), fault (21)
-    assert struct.unpack(">f", struct.pack(">2H", *temp.registers))[0] == 81.5
+    assert fault.bits[0] is True and running.bits[0] is True
+    assert struct.unpack(">h", struct.pack(">H", temp.registers[0]))[0] == -15  # tenths
     assert all(r.isError() and r.exception_code == 2 for r in [*holes, hole_di, write])
-    assert cleared.bits[0] is False
+    assert cleared.bits == [False] * 16
     ledger = proc.ledger()
-    assert [(e["kind"], e.get("value"), e.get("previous"), e.get("wrapped")) for e in ledger[:3]] \
-        == [("increment", 2**32 - 1, 2**32 - 2, False), ("increment", 0, 2**32 - 1, True),
-            ("increment", 1, 0, False)]
-    assert [e["kind"] for e in ledger[3:]] == ["tracking", "fault_raised", "temperature",
-                                               "fault_cleared"]
-    assert ledger[3] | {"n": 0, "at": ""} == {
+    assert [e["kind"] for e in ledger] == ["boot", "increment", "increment", "increment",
+                                           "tracking", "fault_raised", "temperature",
+                                           "fault_cleared"]
+    assert [(e["value"], e["previous"], e["wrapped"]) for e in ledger[1:4]] == [
+        (2**32 - 1, 2**32 - 2, False), (0, 2**32 - 1, True), (1, 0, False)]
+    assert ledger[4] | {"n": 0, "at": ""} == {
         "n": 0, "at": "", "kind": "tracking", "seq": 1, "container": "BOX-0042",
-        "from_station": 3, "to_station": 11}
-    assert ledger[6]["code"] == 42
+        "from_station": 2, "to_station": 6}
+    assert ledger[5]["code"] == 42 and ledger[7]["code"] == 42
 
 
 async def test_plc_runs_by_itself_and_keeps_counter_and_tracking_across_a_restart(
@@ -193,31 +207,33 @@ async def test_plc_runs_by_itself_and_keeps_counter_and_tracking_across_a_restar
         await wait_until(lambda: len(proc.ledger("tracking")) >= 5
                          and proc.ledger("fault_cleared"), 20, "tracking updates and a fault")
         assert proc.stop(10, raise_on_kill=True) == 0
-        before = proc.control_port, proc.ledger()
+        ledger = proc.ledger()
         proc.item_rate = proc.track_rate = proc.fault_every = 0.0
         await asyncio.to_thread(proc.start)
         client = await _modbus(proc.port)
-        counter = await client.read_holding_registers(1001, count=2, device_id=1)
-        group = await client.read_holding_registers(2051, count=11, device_id=1)
+        boot = await client.read_holding_registers(1, count=1, device_id=1)
+        counter = await client.read_holding_registers(11, count=2, device_id=1)
+        group = await client.read_holding_registers(21, count=7, device_id=1)
         client.close()
         state = proc.control("state")
         proc.control("items", {"count": 1})
     finally:
         proc.stop(10)
-    ledger = before[1]
     increments = [e for e in ledger if e["kind"] == "increment"]
     tracking = [e for e in ledger if e["kind"] == "tracking"]
     assert [e["value"] for e in increments] == list(range(1, len(increments) + 1))
     assert [e["seq"] for e in tracking] == list(range(1, len(tracking) + 1))
+    assert {(e["from_station"], e["to_station"]) for e in tracking} <= {(1, 5), (2, 5), (1, 6),
+                                                                        (2, 6)}
+    assert boot.registers == [2] and state["boot"] == 2 and state["fault_active"] is False
     assert counter.registers[0] | counter.registers[1] << 16 == increments[-1]["value"]
-    assert group.registers[0] == tracking[-1]["seq"]
-    text = struct.pack(">8H", *group.registers[1:9]).rstrip(b"\x00").decode()
-    assert text == tracking[-1]["container"]
-    assert state["boot"] == 2 and state["fault_active"] is False
+    assert group.registers[0] << 16 | group.registers[1] == tracking[-1]["seq"]
+    assert _text(group.registers[2:]) == tracking[-1]["container"]
     after = proc.ledger()
     assert after[: len(ledger)] == ledger
-    assert after[-1]["kind"] == "increment" and after[-1]["value"] == increments[-1]["value"] + 1
-    assert after[-1]["n"] == len(ledger) + 1
+    assert [e["kind"] for e in after[len(ledger):]] == ["boot", "increment"]
+    assert after[-1]["value"] == increments[-1]["value"] + 1
+    assert after[-1]["n"] == len(ledger) + 2
 
 
 # -- vendor JSON scanner ---------------------------------------------------------------
@@ -239,7 +255,7 @@ def _subscriber(broker: MosquittoBroker, topic: str) -> tuple[mqtt.Client, list[
 
 def test_scanner_publishes_nested_json_logs_it_and_continues_its_seq(
         tmp_path: Path, broker: MosquittoBroker) -> None:
-    topic = "acme/dc1/line3/scanner-7/data"
+    topic = "vendor/pack3/reads"
     sub, got = _subscriber(broker, topic)
     proc = VendorScannerProcess(tmp_path / "scanner", broker.port, rate=50.0, total=5,
                                 extra=["--noread-rate", "0.3"])
@@ -260,12 +276,13 @@ def test_scanner_publishes_nested_json_logs_it_and_continues_its_seq(
     assert {e["topic"] for e in ledger} == {topic}
     for e in ledger:
         doc = e["payload"]
-        assert set(doc) == {"scan", "meta", "order", "sku", "qty", "weight_kg"}
-        assert doc["scan"]["seq"] == e["seq"]
-        assert isinstance(doc["qty"], str) and doc["qty"].isdigit()
-        assert isinstance(doc["weight_kg"], float) and isinstance(doc["order"]["line"], int)
-        assert (doc["scan"]["barcode"] == "") == (doc["scan"]["status"] == "NOREAD")
-    assert any(e["payload"]["scan"]["status"] == "NOREAD" for e in ledger)
+        assert set(doc) == {"meta", "barcode", "order", "item"}
+        assert doc["meta"]["seq"] == e["seq"] and doc["meta"]["fw"] == "4.2.1"
+        item = doc["item"]
+        assert isinstance(item["qty"], str) and item["qty"].isdigit()
+        assert isinstance(item["weight_kg"], float) and isinstance(doc["order"]["line"], int)
+        assert doc["barcode"] is None or doc["barcode"]["value"].startswith("LPN-")
+    assert any(e["payload"]["barcode"] is None for e in ledger)
 
 
 # -- ledger and retentive state ------------------------------------------------------

@@ -88,8 +88,7 @@ class VendorPlc:
 
     async def start(self) -> None:
         """Listen (Modbus and control API)."""
-        self.model.state["boot"] += 1
-        self.model.state.save()
+        self.model.boot()
         device = _datastore(self.unit)
         device.action = self._action
         server = ModbusTcpServer(device, address=(self.host, self.port))
@@ -165,7 +164,7 @@ class VendorPlc:
                 items = due
             if track_rate > 0 and (due := int((now - started) * track_rate)) > tracks:
                 for _ in range(due - tracks):
-                    self.model.track(from_station=1, to_station=2 + tracks % 8)
+                    self.model.track(from_station=1 + tracks % 2, to_station=5 + tracks // 2 % 2)
                     tracks += 1
             if next_fault is not None and now >= next_fault and not self.model.fault_active:
                 self.model.set_fault(True)
@@ -223,7 +222,7 @@ _COMMANDS: dict[str, _Command] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``vendor-plc`` sub-command's options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5502, help="Modbus port (0: a free one)")
+    parser.add_argument("--port", type=int, default=5021, help="Modbus port (0: a free one)")
     parser.add_argument("--unit", type=int, default=1, help="unit (device) id")
     parser.add_argument("--control-port", type=int, default=0,
                         help="control API port (0: a free one)")

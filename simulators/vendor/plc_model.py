@@ -1,24 +1,26 @@
 """The generic PLC's program and memory: an item counter, a tracking group, a fault bit.
 
-Its register map is a vendor's, not the project's conveyor layout (unit id 1
-by default; every address not listed answers exception 0x02)::
+Its register map is a vendor's, not the project's conveyor layout (the
+generic conveyor PLC of docs/mapping.md; unit id 1 by default; every address
+not listed answers exception 0x02, so a read bridging a hole is refused)::
 
-    holding  1001-1002  item counter, u32, word order CDAB (low word at 1001)
-    holding  2051       tracking sequence, u16, 1..65535 then 1 again (0: nothing tracked yet)
-    holding  2052-2059  tracked container, 16 ASCII characters, NUL padded, high byte first
-    holding  2060       tracked from (u16)
-    holding  2061       tracked to (u16)
-    holding  3001       fault code, u16 (0: none)
-    input    301-302    motor temperature, f32, word order ABCD, degrees C
-    discrete 16         running
-    discrete 21         fault active
+    holding  1          boot counter, u16, +1 at every start
+    holding  11-12      item counter, u32, word order CDAB (low word at 11)
+    holding  21-22      tracking sequence, u32 ABCD, +1 per update (0: nothing tracked yet)
+    holding  23-27      tracked tote, 10 ASCII characters, NUL padded, high byte first
+    holding  29         tracked from (u16): 1 INDUCT-1, 2 MERGE-1
+    holding  31         tracked to (u16): 5 PACK-1, 6 PACK-2
+    holding  41         fault code, u16 (0: none)
+    input    3          motor temperature, i16, tenths of a degree C
+    coil     5          fault active
     coil     8          fault reset (write 1: clears the active fault)
+    discrete 0          running
 
-A tracking update writes container, from and to together with the new
-sequence (one PLC scan), so a reader never sees one half of an update.
-Every change is written to the ledger before it is visible: ``increment``
-(one line per +1, with ``value`` after it and ``previous``), ``tracking``,
-``fault_raised`` / ``fault_cleared`` and ``temperature``.
+A tracking update changes tote, from and to together with the new sequence
+(one PLC scan). Every change is written to the ledger before it is visible:
+``increment`` (one line per +1, with ``value`` after it, ``previous`` and
+``wrapped``), ``tracking``, ``fault_raised`` / ``fault_cleared`` and
+``temperature``; ``boot`` at every start.
 """
 
 from __future__ import annotations
@@ -28,23 +30,26 @@ from typing import Any, Final
 
 from simulators.vendor.ledger import Ledger, RetentiveState, read_ledger
 
-__all__ = ["CONTAINER_CHARS", "COUNTER_ADDRESS", "VendorPlcModel"]
+__all__ = ["TOTE_CHARS", "VendorPlcModel"]
 
-COUNTER_ADDRESS: Final = 1001
-SEQ_ADDRESS: Final = 2051
-CONTAINER_ADDRESS: Final = 2052
-CONTAINER_CHARS: Final = 16
-FROM_ADDRESS: Final = 2060
-TO_ADDRESS: Final = 2061
-FAULT_CODE_ADDRESS: Final = 3001
-TEMPERATURE_ADDRESS: Final = 301
-RUNNING_BIT: Final = 16
-FAULT_BIT: Final = 21
+BOOT_ADDRESS: Final = 1
+COUNTER_ADDRESS: Final = 11
+SEQ_ADDRESS: Final = 21
+TOTE_ADDRESS: Final = 23
+TOTE_CHARS: Final = 10
+FROM_ADDRESS: Final = 29
+TO_ADDRESS: Final = 31
+FAULT_CODE_ADDRESS: Final = 41
+TEMPERATURE_ADDRESS: Final = 3
+FAULT_COIL: Final = 5
 RESET_COIL: Final = 8
+RUNNING_BIT: Final = 0
 #: (table, first address, count) of every mapped range; the rest are holes.
-RANGES: Final = (("holding", COUNTER_ADDRESS, 2), ("holding", SEQ_ADDRESS, 11),
-                 ("holding", FAULT_CODE_ADDRESS, 1), ("input", TEMPERATURE_ADDRESS, 2),
-                 ("discrete_input", 16, 16), ("coil", 0, 16))
+RANGES: Final = (("holding", BOOT_ADDRESS, 1), ("holding", COUNTER_ADDRESS, 2),
+                 ("holding", SEQ_ADDRESS, 2 + TOTE_CHARS // 2), ("holding", FROM_ADDRESS, 1),
+                 ("holding", TO_ADDRESS, 1), ("holding", FAULT_CODE_ADDRESS, 1),
+                 ("input", TEMPERATURE_ADDRESS, 1), ("coil", 0, 16),
+                 ("discrete_input", 0, 16))
 _U32: Final = 0xFFFFFFFF
 DEFAULT_FAULT_CODE: Final = 17
 
@@ -66,6 +71,12 @@ class VendorPlcModel:
         """The retentive values of a PLC that never ran."""
         return {"counter": counter_start & _U32, "seq": 0, "next_container": 1, "boot": 0,
                 "container": "", "from_station": 0, "to_station": 0}
+
+    def boot(self) -> dict[str, Any]:
+        """A start: the boot counter counts it."""
+        self.state["boot"] = (int(self.state["boot"]) + 1) & 0xFFFF
+        self.state.save()
+        return self.ledger.write("boot", boot=self.state["boot"])
 
     def _recover(self) -> None:
         # The ledger is written before the state file: after a kill between the
@@ -122,14 +133,14 @@ class VendorPlcModel:
               to_station: int = 2) -> dict[str, Any]:
         """One tracking update: a container moved ``from_station`` → ``to_station``."""
         if container is None:
-            container = f"CT{self.state['next_container']:08d}"
+            container = f"TOTE-{self.state['next_container'] % 100_000:05d}"
             self.state["next_container"] += 1
-        if len(container) > CONTAINER_CHARS or not container.isascii():
-            raise ValueError(f"container must be at most {CONTAINER_CHARS} ASCII characters")
+        if len(container) > TOTE_CHARS or not container.isascii():
+            raise ValueError(f"container must be at most {TOTE_CHARS} ASCII characters")
         for name, v in (("from", from_station), ("to", to_station)):
             if not 0 <= v <= 0xFFFF:
                 raise ValueError(f"{name} must be 0..65535")
-        seq = self.seq % 0xFFFF + 1
+        seq = self.seq % _U32 + 1
         entry = self.ledger.write("tracking", seq=seq, container=container,
                                   from_station=from_station, to_station=to_station)
         self.state.values.update(seq=seq, container=container, from_station=from_station,
@@ -160,20 +171,21 @@ class VendorPlcModel:
     def image(self, table: str) -> dict[int, int]:
         """``{address: register}`` of a table (bit tables: ``{bit address: 0/1}``)."""
         if table == "holding":
-            c = self.counter
-            text = self.container.encode("ascii").ljust(CONTAINER_CHARS, b"\x00")
-            regs = {COUNTER_ADDRESS: c & 0xFFFF, COUNTER_ADDRESS + 1: c >> 16,
-                    SEQ_ADDRESS: self.seq, FROM_ADDRESS: self.from_station,
-                    TO_ADDRESS: self.to_station, FAULT_CODE_ADDRESS: self.fault_code}
-            for i, word in enumerate(struct.unpack(f">{CONTAINER_CHARS // 2}H", text)):
-                regs[CONTAINER_ADDRESS + i] = word
+            c, seq = self.counter, self.seq
+            text = self.container.encode("ascii").ljust(TOTE_CHARS, b"\x00")
+            regs = {BOOT_ADDRESS: int(self.state["boot"]),
+                    COUNTER_ADDRESS: c & 0xFFFF, COUNTER_ADDRESS + 1: c >> 16,
+                    SEQ_ADDRESS: seq >> 16, SEQ_ADDRESS + 1: seq & 0xFFFF,
+                    FROM_ADDRESS: self.from_station, TO_ADDRESS: self.to_station,
+                    FAULT_CODE_ADDRESS: self.fault_code}
+            for i, word in enumerate(struct.unpack(f">{TOTE_CHARS // 2}H", text)):
+                regs[TOTE_ADDRESS + i] = word
             return regs
         if table == "input":
-            hi, lo = struct.unpack(">2H", struct.pack(">f", self.temperature))
-            return {TEMPERATURE_ADDRESS: hi, TEMPERATURE_ADDRESS + 1: lo}
-        if table == "discrete_input":
-            return {RUNNING_BIT: int(self.running), FAULT_BIT: int(self.fault_active)}
-        return {}
+            return {TEMPERATURE_ADDRESS: round(self.temperature * 10) & 0xFFFF}
+        if table == "coil":
+            return {FAULT_COIL: int(self.fault_active)}
+        return {RUNNING_BIT: int(self.running)}
 
     def state_dict(self) -> dict[str, Any]:
         """What the PLC holds now (for the control API and tests)."""

@@ -1,17 +1,17 @@
 """Vendor JSON scanner: publishes nested JSON reads over MQTT on a topic of its own.
 
-Each read is one QoS 1 message on ``--topic`` (default
-``acme/dc1/line3/scanner-7/data``)::
+Each read is one QoS 1 message on ``--topic`` (default ``vendor/pack3/reads``;
+the JSON scanner of docs/mapping.md)::
 
-    {"scan": {"barcode": "TOTE-004711", "seq": 17, "status": "OK"},
-     "meta": {"ts": "2026-11-23T10:15:02.350Z", "fw": "4.2.1"},
-     "order": {"id": "ORD-000123", "line": 3},
-     "sku": "SKU-00042", "qty": "2", "weight_kg": 1.25}
+    {"meta": {"seq": 981, "ts": "2026-11-23T10:15:02.350Z", "fw": "4.2.1"},
+     "barcode": {"value": "LPN-000123", "type": "CODE128"},
+     "order": {"id": "SO-004711", "line": 3},
+     "item": {"sku": "SKU-00099", "qty": "2", "uom": "EA", "weight_kg": 1.25}}
 
 ``qty`` is a string and ``weight_kg`` a number, as such devices send them;
 ``meta.fw`` is a field no mapping needs. A no-read (``--noread-rate``) has
-``"barcode": ""`` and ``"status": "NOREAD"``. ``seq`` grows by one per read
-and, with ``--state DIR``, continues after a restart. Every read the broker
+``"barcode": null``. ``meta.seq`` grows by one per read and, with
+``--state DIR``, continues after a restart. Every read the broker
 acknowledged is written to the ledger (``DIR/ledger.jsonl`` or ``--ledger``):
 ``{"kind": "published", "topic", "seq", "payload": {...}}``.
 """
@@ -36,7 +36,7 @@ __all__ = ["JsonScanner", "add_arguments", "run"]
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TOPIC: Final = "acme/dc1/line3/scanner-7/data"
+DEFAULT_TOPIC: Final = "vendor/pack3/reads"
 FIRMWARE: Final = "4.2.1"
 
 
@@ -45,7 +45,7 @@ class JsonScanner:
 
     def __init__(self, host: str, port: int, *, topic: str = DEFAULT_TOPIC,
                  state_dir: Path | None = None, ledger: Path | None = None, seed: int = 1,
-                 noread_rate: float = 0.0, client_id: str = "acme-scanner-7") -> None:
+                 noread_rate: float = 0.0, client_id: str = "vendor-pack3-scanner") -> None:
         ledger_path = ledger or (state_dir / "ledger.jsonl" if state_dir else None)
         if ledger_path is None:
             raise ValueError("the vendor scanner needs a state folder or a ledger file")
@@ -73,13 +73,13 @@ class JsonScanner:
         rng = self.rng
         no_read = rng.random() < self.noread_rate
         return {
-            "scan": {"barcode": "" if no_read else f"TOTE-{rng.randrange(1_000_000):06d}",
-                     "seq": seq, "status": "NOREAD" if no_read else "OK"},
-            "meta": {"ts": iso_now(), "fw": FIRMWARE},
-            "order": {"id": f"ORD-{rng.randrange(1_000_000):06d}", "line": rng.randint(1, 9)},
-            "sku": f"SKU-{rng.randrange(100_000):05d}",
-            "qty": str(rng.randint(1, 12)),
-            "weight_kg": round(rng.uniform(0.1, 25.0), 2),
+            "meta": {"seq": seq, "ts": iso_now(), "fw": FIRMWARE},
+            "barcode": None if no_read else {"value": f"LPN-{rng.randrange(1_000_000):06d}",
+                                             "type": "CODE128"},
+            "order": {"id": f"SO-{rng.randrange(1_000_000):06d}", "line": rng.randint(1, 9)},
+            "item": {"sku": f"SKU-{rng.randrange(100_000):05d}", "qty": str(rng.randint(1, 12)),
+                     "uom": rng.choice(("EA", "CS")),
+                     "weight_kg": round(rng.uniform(0.1, 25.0), 2)},
         }
 
     def publish(self, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the retentive sequence and the ledger (ledger.jsonl)")
     parser.add_argument("--ledger", type=Path, default=None,
                         help="the ledger file (default: STATE/ledger.jsonl)")
-    parser.add_argument("--client-id", default="acme-scanner-7")
+    parser.add_argument("--client-id", default="vendor-pack3-scanner")
     parser.add_argument("--seed", type=int, default=1)
 
 

@@ -1,24 +1,25 @@
 """Vendor sorter: an OPC UA server with its own divert-confirm event type and integer result codes.
 
 Unlike the project's sorter it names and types its fields its own way, as a
-third-party sortation controller does. Address space (namespace
-``urn:acme-sortation:lsx``, index 2)::
+third-party sortation controller does (the schema of the vendor sorter in
+docs/mapping.md). Address space (namespace ``urn:acme-sortation:lsx``, index 2)::
 
     Types
-      ParcelDivertEventType   ns=2;i=1001   subtype of BaseEventType, fields:
+      DivertConfirmEventType  ns=2;s=DivertConfirmEventType   subtype of BaseEventType:
         ParcelId      UInt32   tracking id, one per parcel (wraps at 2^32)
-        ResultCode    Int32    0 = diverted, 1 = no-read, 2 = chute-full
-                               (--unknown-code-rate adds 9, a code the vendor's manual omits)
-        Destination   String   destination the parcel was sent to, "D01" ...; "" on a no-read
-        Scanner       String   the induct scanner that read the label
-        LabelCode     String   the label's barcode; "" on a no-read
-        SeqNo         UInt32   confirm sequence number, +1 per event fired
+        Sequence      UInt32   confirm sequence number, +1 per event fired
+        ResultCode    Int32    0 diverted, 1 no-read, 2 chute-full, 3 no-destination,
+                               4 recirculated (confirmed again on its next pass, same
+                               ParcelId); --unknown-code-rate adds 9, which the manual omits
+        Label         String   the parcel's barcode; "" on a no-read
+        InductPoint   String   where the parcel was inducted
+        Destination   String   "D01" ...; "" on a no-read or no-destination
     Objects
-      LSX.Sorter1             ns=2;s=LSX.Sorter1              fires ParcelDivertEventType
-        ParcelCount           ns=2;s=LSX.Sorter1.ParcelCount  UInt32, confirms fired in total
-        Running               ns=2;s=LSX.Sorter1.Running      Boolean
-      Simulation              ns=2;s=Simulation               test control: method
-        FireConfirms(count UInt32, result_code Int32) -> UInt32 next SeqNo
+      Sorter                  ns=2;s=Sorter                fires DivertConfirmEventType
+        ParcelCount           ns=2;s=Sorter.ParcelCount    UInt32, confirms fired in total
+        Running               ns=2;s=Sorter.Running        Boolean
+      Simulation              ns=2;s=Simulation            test control: method
+        FireConfirms(count UInt32, result_code Int32) -> UInt32 next Sequence
                               fires count confirms now (result_code -1: drawn at the rates)
 
 ``--no-history`` (the default) is a minimal server: the notifier is not
@@ -59,25 +60,27 @@ __all__ = ["RESULT_CODES", "VendorSorter", "add_arguments", "run"]
 log = structlog.get_logger(__name__)
 
 NAMESPACE: Final = "urn:acme-sortation:lsx"
-EVENT_TYPE: Final = "ns=2;i=1001"
-SOURCE: Final = "ns=2;s=LSX.Sorter1"
-PARCEL_COUNT: Final = "ns=2;s=LSX.Sorter1.ParcelCount"
-RUNNING: Final = "ns=2;s=LSX.Sorter1.Running"
+EVENT_TYPE: Final = "ns=2;s=DivertConfirmEventType"
+SOURCE: Final = "ns=2;s=Sorter"
+PARCEL_COUNT: Final = "ns=2;s=Sorter.ParcelCount"
+RUNNING: Final = "ns=2;s=Sorter.Running"
 #: Test control: ``FireConfirms(count: UInt32, result_code: Int32) -> next SeqNo``
-#: fires ``count`` confirms at once with that result code (``-1``: drawn at the rates).
+#: fires ``count`` confirms at once with that result code (``-1``: drawn at the rates);
+#: returns the next ``Sequence``.
 SIMULATION: Final = "ns=2;s=Simulation"
 FIRE_CONFIRMS: Final = "ns=2;s=Simulation.FireConfirms"
 #: The result codes of the vendor's manual.
-RESULT_CODES: Final = {0: "diverted", 1: "no-read", 2: "chute-full"}
+RESULT_CODES: Final = {0: "diverted", 1: "no-read", 2: "chute-full", 3: "no-destination",
+                       4: "recirculated"}
 #: A code the device sends that its manual does not list.
 UNKNOWN_CODE: Final = 9
-_SOURCE_NAME: Final = "LSX.Sorter1"
+_SOURCE_NAME: Final = "Sorter"
 _FIELDS: Final = (("ParcelId", ua.VariantType.UInt32, 1002),
-                  ("ResultCode", ua.VariantType.Int32, 1003),
-                  ("Destination", ua.VariantType.String, 1004),
-                  ("Scanner", ua.VariantType.String, 1005),
-                  ("LabelCode", ua.VariantType.String, 1006),
-                  ("SeqNo", ua.VariantType.UInt32, 1007))
+                  ("Sequence", ua.VariantType.UInt32, 1003),
+                  ("ResultCode", ua.VariantType.Int32, 1004),
+                  ("Label", ua.VariantType.String, 1005),
+                  ("InductPoint", ua.VariantType.String, 1006),
+                  ("Destination", ua.VariantType.String, 1007))
 _U32: Final = 0xFFFFFFFF
 #: Confirms kept in memory for history reads (the oldest are forgotten, as on a device).
 HISTORY_LIMIT: Final = 100_000
@@ -94,10 +97,12 @@ class SorterOptions:
     state_dir: Path | None = None
     ledger: Path | None = None
     destinations: int = 8
-    scanner: str = "SC-IN1"
+    induct: str = "INDUCT-1"
     seed: int = 1
     noread_rate: float = 0.05
     chute_full_rate: float = 0.05
+    no_destination_rate: float = 0.02
+    recirculate_rate: float = 0.03
     unknown_code_rate: float = 0.0
     first_parcel_id: int = 1
 
@@ -134,7 +139,7 @@ class VendorSorter:
         state_dir = opts.state_dir
         self.state = RetentiveState(
             state_dir / "state.json" if state_dir else None,
-            {"next_parcel_id": opts.first_parcel_id & _U32, "next_seq_no": 1, "parcel_count": 0,
+            {"next_parcel_id": opts.first_parcel_id & _U32, "next_sequence": 1, "parcel_count": 0,
              "boot": 0})
         ledger_path = opts.ledger or (state_dir / "ledger.jsonl" if state_dir else None)
         if ledger_path is None:
@@ -144,8 +149,8 @@ class VendorSorter:
             last = previous[-1]
             self.state["next_parcel_id"] = max(self.state["next_parcel_id"],
                                                (int(last["parcel_id"]) + 1) & _U32)
-            self.state["next_seq_no"] = max(self.state["next_seq_no"],
-                                            (int(last["seq_no"]) + 1) & _U32)
+            self.state["next_sequence"] = max(self.state["next_sequence"],
+                                              (int(last["sequence"]) + 1) & _U32)
         self.ledger = Ledger(ledger_path)
         self.history = _LedgerHistory(previous)
         self.destinations = [f"D{i:02d}" for i in range(1, opts.destinations + 1)]
@@ -153,6 +158,7 @@ class VendorSorter:
         self.server = Server()
         self.fired = 0
         self._template: Any = None
+        self._recirculating: deque[tuple[int, str]] = deque()  # (parcel id, label)
         self._last_time_us = max((r.time_us for r in self.history.records), default=0)
 
     @property
@@ -170,7 +176,7 @@ class VendorSorter:
         if idx != 2:
             raise RuntimeError(f"namespace index {idx}, expected 2")
         etype = await srv.nodes.base_event_type.add_object_type(
-            ua.NodeId.from_string(EVENT_TYPE), "ParcelDivertEventType")
+            ua.NodeId.from_string(EVENT_TYPE), "DivertConfirmEventType")
         for name, vtype, num in _FIELDS:
             await etype.add_property(ua.NodeId.from_string(f"ns={idx};i={num}"), name,
                                      ua.get_default_value(vtype),
@@ -199,7 +205,7 @@ class VendorSorter:
         await srv.start()
         log.info("vendor_sorter_started", endpoint=self.endpoint, history=self.opts.history,
                  boot=self.state["boot"], next_parcel_id=self.state["next_parcel_id"],
-                 next_seq_no=self.state["next_seq_no"], ledger=str(self.ledger.path))
+                 next_sequence=self.state["next_sequence"], ledger=str(self.ledger.path))
 
     async def stop(self) -> None:
         """Stop listening and close the ledger."""
@@ -215,56 +221,55 @@ class VendorSorter:
         ev.Time = ev.ReceiveTime = to_datetime(rec.time_us)
         ev.LocalTime = None
         ev.ParcelId = f["parcel_id"]
+        ev.Sequence = f["sequence"]
         ev.ResultCode = f["result_code"]
+        ev.Label = f["label"]
+        ev.InductPoint = f["induct_point"]
         ev.Destination = f["destination"]
-        ev.Scanner = f["scanner"]
-        ev.LabelCode = f["label_code"]
-        ev.SeqNo = f["seq_no"]
         ev.Severity = 100 if f["result_code"] == 0 else 600
         ev.Message = ua.LocalizedText(f"parcel {f['parcel_id']} code {f['result_code']}")
         return ev
 
-    def _draw(self) -> tuple[int, str, str]:
-        """Result code, destination and label of the next parcel."""
-        rng, o = self.rng, self.opts
-        r = rng.random()
-        if r < o.noread_rate:
-            return 1, "", ""
-        label = f"PCL{rng.randrange(10_000_000):07d}"
-        destination = rng.choice(self.destinations)
-        r -= o.noread_rate
-        if r < o.chute_full_rate:
-            return 2, destination, label
-        r -= o.chute_full_rate
-        if r < o.unknown_code_rate:
-            return UNKNOWN_CODE, destination, label
-        return 0, destination, label
+    def _draw(self) -> int:
+        """The result code of the next parcel, at the configured rates."""
+        o = self.opts
+        r = self.rng.random()
+        for code, rate in ((1, o.noread_rate), (2, o.chute_full_rate),
+                           (3, o.no_destination_rate), (4, o.recirculate_rate),
+                           (UNKNOWN_CODE, o.unknown_code_rate)):
+            if r < rate:
+                return code
+            r -= rate
+        return 0
 
     async def confirm(self, result_code: int | None = None) -> dict[str, Any]:
-        """One parcel: reserve its ids, write it to the ledger, then fire its event.
+        """One confirm: reserve its ids, write it to the ledger, then fire its event.
 
+        A parcel recirculated before is confirmed again first (same ParcelId);
         ``result_code`` forces the result (``None``: drawn at the configured rates).
         """
-        st = self.state
-        code, destination, label = self._draw()
-        if result_code is not None:
-            code = result_code
-            if code == 1:
-                destination = label = ""
-            elif not label:
-                label = f"PCL{self.rng.randrange(10_000_000):07d}"
-                destination = self.rng.choice(self.destinations)
-        parcel_id, seq_no = st["next_parcel_id"], st["next_seq_no"]
-        st["next_parcel_id"] = (parcel_id + 1) & _U32
-        st["next_seq_no"] = (seq_no + 1) & _U32
+        st, rng = self.state, self.rng
+        code = self._draw() if result_code is None else result_code
+        if self._recirculating:
+            parcel_id, label = self._recirculating.popleft()
+        else:
+            parcel_id, label = st["next_parcel_id"], f"PCL{rng.randrange(10_000_000):07d}"
+            st["next_parcel_id"] = (parcel_id + 1) & _U32
+        if code == 1:
+            label = ""
+        destination = "" if code in (1, 3) else rng.choice(self.destinations)
+        if code == 4:
+            self._recirculating.append((parcel_id, label))
+        sequence = st["next_sequence"]
+        st["next_sequence"] = (sequence + 1) & _U32
         st["parcel_count"] = (st["parcel_count"] + 1) & _U32
         st.save()  # ids reserved first: a kill now leaves a gap, never a repeat
         now_us = max(time.time_ns() // 1000, self._last_time_us + 1)
         self._last_time_us = now_us
         entry = self.ledger.write(
             "divert_confirm", boot=st["boot"], event_id=uuid.uuid4().hex, time_us=now_us,
-            parcel_id=parcel_id, result_code=code, destination=destination,
-            scanner=self.opts.scanner, label_code=label, seq_no=seq_no)
+            parcel_id=parcel_id, sequence=sequence, result_code=code, label=label,
+            induct_point=self.opts.induct, destination=destination)
         self.history.add(entry)
         await self.server.iserver.isession.subscription_service.trigger_event(
             self._event(self.history.records[-1]))
@@ -278,7 +283,7 @@ class VendorSorter:
         forced = None if code.Value < 0 else int(code.Value)
         for _ in range(int(count.Value)):
             await self.confirm(forced)
-        return [ua.Variant(self.state["next_seq_no"], ua.VariantType.UInt32)]
+        return [ua.Variant(self.state["next_sequence"], ua.VariantType.UInt32)]
 
     async def _write(self, node: str, value: Any, vtype: ua.VariantType) -> None:
         stamp = cast(ua.DateTime, datetime.now(UTC))
@@ -319,9 +324,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger", type=Path, default=None,
                         help="the ledger file (default: STATE/ledger.jsonl)")
     parser.add_argument("--destinations", type=int, default=8)
-    parser.add_argument("--scanner", default="SC-IN1")
+    parser.add_argument("--induct", default="INDUCT-1", help="the InductPoint of every confirm")
     parser.add_argument("--noread-rate", type=float, default=0.05)
     parser.add_argument("--chute-full-rate", type=float, default=0.05)
+    parser.add_argument("--no-destination-rate", type=float, default=0.02)
+    parser.add_argument("--recirculate-rate", type=float, default=0.03)
     parser.add_argument("--unknown-code-rate", type=float, default=0.0,
                         help=f"fraction of confirms with ResultCode {UNKNOWN_CODE} (not in the "
                              "vendor's manual)")
@@ -333,8 +340,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     sorter = VendorSorter(SorterOptions(
         host=args.host, port=args.port, history=args.history, state_dir=args.state,
-        ledger=args.ledger, destinations=args.destinations, scanner=args.scanner,
+        ledger=args.ledger, destinations=args.destinations, induct=args.induct,
         seed=args.seed, noread_rate=args.noread_rate, chute_full_rate=args.chute_full_rate,
+        no_destination_rate=args.no_destination_rate, recirculate_rate=args.recirculate_rate,
         unknown_code_rate=args.unknown_code_rate, first_parcel_id=args.first_parcel_id))
     await sorter.start()
     stop = asyncio.Event()
@@ -356,7 +364,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await asyncio.gather(task, return_exceptions=True)
         await sorter.stop()
     log.info("vendor_sorter_stopped", fired=sorter.fired, next_parcel_id=
-             sorter.state["next_parcel_id"], next_seq_no=sorter.state["next_seq_no"])
+             sorter.state["next_parcel_id"], next_sequence=sorter.state["next_sequence"])
 
 
 def run(args: argparse.Namespace) -> int:
