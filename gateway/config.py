@@ -34,6 +34,7 @@ from gateway.core.config import (
     resolve_path,
 )
 from gateway.core.events import EVENT_TYPES
+from gateway.mapping.check import mapping_problems
 from gateway.transport.config import BrokerConfig
 
 if TYPE_CHECKING:
@@ -227,6 +228,8 @@ class GatewayConfig(Model):
                     f"sinks[{i}].broker: no broker with id {sink.broker!r}; "
                     f"defined: {sorted(brokers) or 'none'}"
                 )
+        for i, dev in enumerate(self.devices):
+            problems.extend(mapping_problems(dev, f"devices[{i}]"))
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -48,7 +48,10 @@ class OpcuaEvents(Model):
 
     #: What the events mean: ``divert_confirm`` (a sorter's divert confirms) or
     #: ``scan`` (an AutoID optical reader's scan events, OPC 30010 style).
-    kind: Literal["divert_confirm", "scan"]
+    #: ``event``: any event type, for a device with a mapping or preset (docs/mapping.md).
+    kind: Literal["divert_confirm", "scan", "event"]
+    #: The signal point a mapping's rules match (``on``); default: ``kind``.
+    point: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     source: NodeIdText
     type: NodeIdText
     #: Read the server's event history after every (re)connect, so events fired
@@ -160,6 +163,9 @@ class OpcuaDevice(DeviceModel):
         if not self.events and not self.nodes:
             problems.append("nothing to read: configure at least one [[devices.events]] "
                             "or [[devices.nodes]] entry")
+        if not self.generic_signals and any(e.kind == "event" for e in self.events):
+            problems.append("events: kind 'event' needs a preset or a [devices.mapping] "
+                            "saying what its fields mean")
         points = [n.point for n in self.nodes]
         dupes = sorted({p for p in points if points.count(p) > 1})
         if dupes:

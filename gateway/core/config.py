@@ -74,6 +74,10 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Presets that name a built-in recognizer (their drivers' usual signals feed it).
+STAGE_PRESETS = frozenset({"conveyor", "vda5050"})
+
+
 class DeviceModel(Model):
     """Base of a device's config model: the model is the plugin that builds its driver.
 
@@ -88,6 +92,21 @@ class DeviceModel(Model):
 
     id: str
     role: str
+    #: A named mapping shipped with the gateway (docs/mapping.md), e.g. ``"sorter"``.
+    preset: str | None = None
+    #: The device's own declarative mapping (``[devices.mapping]``): validated by
+    #: ``gateway.config`` into a ``gateway.mapping.config.MappingConfig``.
+    mapping: Any = None
+
+    @property
+    def generic_signals(self) -> bool:
+        """Whether the driver delivers generic signals (any field, any shape) for a mapping.
+
+        False for the built-in recognizers (no mapping, or a preset that is one:
+        ``STAGE_PRESETS``), which read the signals they always did.
+        """
+        return self.mapping is not None or (
+            self.preset is not None and self.preset not in STAGE_PRESETS)
 
     @field_validator("role", check_fields=False)
     @classmethod
