@@ -34,6 +34,8 @@ from gateway.core.protocols import Describe
 from gateway.core.records import IngestDeadLetter, Record
 from gateway.core.reports import BROKEN_STATES
 from gateway.core.throttle import LogThrottle
+from gateway.mapping.config import resolve_mapping
+from gateway.mapping.engine import MappingRecognizer, device_params
 from gateway.recognizers.amr import AmrRecognizer
 from gateway.recognizers.conveyor import ConveyorMap, ConveyorRecognizer
 from gateway.recognizers.scanner import ScannerRecognizer, scanner_source_key
@@ -249,6 +251,29 @@ RECOGNIZERS: Mapping[tuple[str, str], RoleSpec] = {
 }
 
 
+def _mapped(site: str, dev: Any) -> MappingRecognizer:
+    mapping = resolve_mapping(dev.driver, dev.preset, dev.mapping)
+    assert mapping is not None
+    return MappingRecognizer(site, dev.id, mapping, params=device_params(dev), preset=dev.preset)
+
+
+#: A device with a mapping or a preset (docs/mapping.md).
+MAPPED = RoleSpec(_mapped, lambda rec: rec.figures(), inputs=lambda rec: rec.inputs)
+#: Presets that are a built-in recognizer: the (driver, role) whose entry they name.
+_STAGES = {"conveyor": ("modbus", "conveyor"), "amr": ("vda5050", "amr")}
+
+
+def role_spec(device: Any) -> RoleSpec | None:
+    """How a device's signals are recognized: its mapping, or its role's built-in recognizer."""
+    mapping = resolve_mapping(device.driver, getattr(device, "preset", None),
+                              getattr(device, "mapping", None))
+    if mapping is None:
+        return RECOGNIZERS.get((device.driver, device.role))
+    if mapping.stage is not None:
+        return RECOGNIZERS.get(_STAGES[mapping.stage])
+    return MAPPED
+
+
 def _raw_as_is(raw: Any) -> tuple[bytes, Mapping[str, Any]]:
     """The default ``describe``: the driver passes ``(payload, context)`` itself."""
     payload, context = raw
@@ -263,7 +288,7 @@ class DevicePipeline:
 
     def __init__(self, site: str, device: Any, committer: Committer,
                  errors: IngestErrorLog, driver: str) -> None:
-        spec = RECOGNIZERS.get((device.driver, device.role))
+        spec = role_spec(device)
         if spec is None:
             raise ValueError(f"no recognizer for role {device.role!r} of a "
                              f"{device.driver!r} device ({device.id!r})")
@@ -275,6 +300,9 @@ class DevicePipeline:
             None if spec.inputs is None else spec.inputs(self.recognizer))
         self.errors = errors
         self._committer = committer
+        bind = getattr(self.recognizer, "bind_dead_letters", None)
+        if bind is not None:  # a mapping's dead letters are counted like every other
+            bind(lambda err, payload, ctx: errors.dead_letter(self.device, err, payload, ctx))
         # Bound once: the per-message path must not build them again.
         self._feed: Callable[[Signal], Sequence[Record]] = self.recognizer.feed
         self._feed_poll: Callable[[Sequence[Signal], float], Sequence[Record]] | None = getattr(
@@ -375,6 +403,10 @@ class DevicePipeline:
     def source_key(self, sig: Signal) -> str:
         """The source key the recognizer derives for ``sig`` (to drop re-read input)."""
         if self.spec.source_key is None:
+            own = getattr(self.recognizer, "source_key", None)
+            if own is not None:
+                key: str = own(sig)
+                return key
             raise NotImplementedError(f"no source key for device {self.device!r}")
         return self.spec.source_key(sig)
 

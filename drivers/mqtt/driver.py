@@ -34,7 +34,7 @@ from gateway.transport.link import MqttLink
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["IngestError", "MqttDriver", "decode_scanner_read"]
+__all__ = ["IngestError", "MqttDriver", "decode_json_message", "decode_scanner_read"]
 
 
 def _get(doc: dict[str, Any], path: str) -> Any:
@@ -120,6 +120,22 @@ def decode_scanner_read(
                   source_time=source_time, source_seq=read_id, attrs=attrs)
 
 
+def decode_json_message(payload: bytes | bytearray, device: str, topic: str,
+                        receive_time: float, max_bytes: int) -> Signal:
+    """Any JSON message → a generic ``message`` signal for a mapping (value = the document)."""
+    if len(payload) > max_bytes:
+        raise IngestError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        doc = json.loads(payload)
+    except ValueError as err:
+        raise IngestError("not_json", str(err)[:200]) from None
+    except RecursionError:
+        raise IngestError("not_json", "JSON nested too deeply") from None
+    return Signal(device=device, point="message", value=doc, receive_time=receive_time,
+                  attrs={"topic": topic,
+                         "digest": hashlib.sha1(payload, usedforsecurity=False).hexdigest()})
+
+
 @dataclass(slots=True)
 class _Route:
     device: MqttDevice
@@ -196,7 +212,12 @@ class MqttDriver(MqttLinkDriver):
         self.messages[dev.id] += 1
         self.last_seen[dev.id] = now
         try:
-            sig = decode_scanner_read(msg.payload, dev.fields, dev.id, now, dev.max_payload_bytes)
+            if dev.generic_signals:
+                sig = decode_json_message(msg.payload, dev.id, msg.topic, now,
+                                          dev.max_payload_bytes)
+            else:
+                sig = decode_scanner_read(msg.payload, dev.fields, dev.id, now,
+                                          dev.max_payload_bytes)
         except IngestError as err:
             route.ingest.reject(err, msg, ack)
             return
@@ -226,8 +247,9 @@ class MqttDriver(MqttLinkDriver):
                 "session_takeovers": self.link.takeovers,
                 "broker_error": self.link.last_error,
                 "messages": self.messages[dev_id],
-                "debounced": figures["debounced"],
+                "debounced": figures.get("debounced", 0),
                 "ingest_errors": figures["ingest_errors"],
+                **({"mapping": figures["mapping"]} if "mapping" in figures else {}),
                 "last_seen_s_ago": None if seen is None else round(now - seen, 1),
             }
         return devices

@@ -165,3 +165,68 @@ def quality(status: ua.StatusCode | None) -> str:
         return "good"
     severity = status.value >> 30
     return "good" if severity == 0 else ("uncertain" if severity == 1 else "bad")
+
+
+def event_value(value: Any) -> Any:
+    """Any event field as something a mapping (and the event JSON) can carry; never raises.
+
+    Like ``json_value``, plus: node ids as their string form, byte strings as
+    UTF-8 text (hex when not text), qualified names as their name, status
+    codes as their name; anything else as its text.
+    """
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return None if epoch(value) is None else value.replace(tzinfo=UTC).isoformat()
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return bytes(value).hex()
+    if isinstance(value, ua.NodeId):
+        return value.to_string()
+    if isinstance(value, ua.QualifiedName):
+        return value.Name
+    if isinstance(value, ua.StatusCode):
+        return value.name
+    if isinstance(value, ua.Variant):
+        return event_value(value.Value)
+    if isinstance(value, list | tuple):
+        return [event_value(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: event_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
+
+
+def field_paths(select_clauses: Sequence[ua.SimpleAttributeOperand]) -> list[str]:
+    """Each select clause's browse path as ``A/B`` (one name for a top-level field)."""
+    paths = []
+    for clause in select_clauses:
+        path = clause.BrowsePath
+        paths.append("/".join(q.Name for q in path) if path
+                     else AttributeIds(clause.AttributeId).name)
+    return paths
+
+
+def event_signal(device: str, point: str, fields: dict[str, Any], receive_time: float,
+                 attrs: dict[str, Any]) -> Signal:
+    """Any event → a generic signal for a mapping: value = every field, JSON-safe.
+
+    ``fields`` is keyed by browse path (``A/B``); each field is also there by
+    its browse name (the last element) unless a top-level field has that name.
+    The source time is the event's ``Time``.
+    """
+    doc: dict[str, Any] = {}
+    for path, raw in fields.items():
+        doc[path] = event_value(raw)
+    for path, v in list(doc.items()):
+        if "/" in path:
+            doc.setdefault(path.rsplit("/", 1)[1], v)
+    return Signal(device=device, point=point, value=doc, receive_time=receive_time,
+                  source_time=epoch(fields.get("Time")), attrs=attrs)

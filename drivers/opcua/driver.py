@@ -50,8 +50,10 @@ from drivers.opcua.config import OpcuaDevice, OpcuaEvents
 from drivers.opcua.decode import (
     divert_signal,
     epoch,
+    event_signal,
     event_types,
     field_names,
+    field_paths,
     json_value,
     micros,
     quality,
@@ -232,14 +234,15 @@ class OpcuaDriver:
     async def _prepare(self, client: Client) -> None:
         """Resolve node ids and build the event filters from the server's types."""
         namespaces = await client.get_namespace_array()
-        if any(r.cfg.kind == "scan" for r in self._events):
+        generic = self.device.generic_signals
+        if generic or any(r.cfg.kind == "scan" for r in self._events):
             # ScanResult is a structure: its decoder comes from the server's description.
             await client.load_data_type_definitions()
         for route in self._events:
             route.source = parse_node_id(route.cfg.source, namespaces)
             etype = client.get_node(parse_node_id(route.cfg.type, namespaces))
             route.filter = await get_filter_from_event_type([etype])
-            route.names = field_names(route.filter.SelectClauses)
+            route.names = (field_paths if generic else field_names)(route.filter.SelectClauses)
             route.types = event_types(route.filter)
             for needed in ("Time",):
                 if needed not in route.names:
@@ -417,7 +420,10 @@ class OpcuaDriver:
             if not route.catching_up and route.synced_until is not None:
                 route.synced_until = time_s
         try:
-            if route.cfg.kind == "divert_confirm":
+            if self.device.generic_signals:
+                sig = event_signal(self.device.id, route.cfg.point or route.cfg.kind, fields, now,
+                                   {"source": route.cfg.source, "event_type": route.cfg.type})
+            elif route.cfg.kind == "divert_confirm":
                 sig = divert_signal(self.device.id, fields, now)
             else:
                 sig = scan_signal(self.device.id, fields, now)

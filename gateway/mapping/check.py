@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from gateway.mapping.config import resolve_mapping
 
+
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:

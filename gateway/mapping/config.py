@@ -36,7 +36,7 @@ from gateway.core.config import Duration, Model
 from gateway.core.events import EVENT_TYPES
 
 #: Types a value spec can coerce to.
-ValueKind = Literal["raw", "string", "int", "float", "bool", "time"]
+ValueKind = Literal["raw", "string", "text", "int", "float", "bool", "time"]
 #: Placeholders of a template: ``{TrackingId}``, ``{$time_ms}``, ``{order.id}``.
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
@@ -340,7 +340,7 @@ Trigger = Annotated[
 
 
 class TelemetryPoint(Model):
-    """Emit a point's value as ``telemetry`` on change (beyond ``deadband``) and/or every ``interval``.
+    """A point's value as ``telemetry``: on change (beyond ``deadband``) and/or every ``interval``.
 
     ``data`` is ``{"point", "value", "quality"}``; the source key
     ``tm:<point>@<time ms>``.
