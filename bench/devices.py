@@ -10,7 +10,11 @@ Prints one JSON line with the figures of each driver:
   one state message per second each while the gateway stays under 50 % of one
   core (``bench/amr.py``).
 
-``--only modbus,opcua,amr`` runs a subset.
+- ``mapped_opcua_events_per_s`` / ``mapped_modbus_points_per_s``, the mapping's CPU
+  per event and its overhead over the preset and the built-in recognizers
+  (``bench/mapping.py``).
+
+``--only modbus,opcua,amr,mapping`` runs a subset.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PARTS = ("modbus", "opcua", "amr")
+PARTS = ("modbus", "opcua", "amr", "mapping")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
                 from bench import opcua
 
                 figures.update(opcua.measure(workdir))
+            elif part == "mapping":
+                from bench import mapping
+
+                figures.update(mapping.measure(workdir))
             else:
                 from bench import amr
 

@@ -53,8 +53,12 @@ def _totals(gw: GatewayProcess) -> tuple[int, int, int]:
 
 def measure(workdir: Path, *, devices: int = 50, seconds: float = 15.0,
             poll_interval: str = "20ms", zones: int = 16, tote_rate: float = 1.0,
-            warmup: float = 4.0, **_: Any) -> dict[str, float | int]:
-    """Run the measurement in ``workdir``; returns the figures (see the module doc)."""
+            warmup: float = 4.0, device_extra: dict[str, Any] | None = None,
+            **_: Any) -> dict[str, float | int]:
+    """Run the measurement in ``workdir``; returns the figures (see the module doc).
+
+    ``device_extra``: more keys of every device table (``bench/mapping.py`` adds a mapping).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     sim, ports = _start_simulator(workdir, devices, zones, tote_rate)
     wms = WmsProcess(free_port(), free_port(), keep_events=10_000,
@@ -63,7 +67,8 @@ def measure(workdir: Path, *, devices: int = 50, seconds: float = 15.0,
         wms.start()
         extra = [
             gateway_device(f"conveyor-{n:02d}", port, poll_interval=poll_interval,
-                           zones=zones, extra={"counter_report_interval": "5s"})
+                           zones=zones,
+                           extra={"counter_report_interval": "5s", **(device_extra or {})})
             for n, port in enumerate(ports, 1)]
         cfg = GatewaySetup(workdir=workdir / "gw", broker_port=free_port(), wms_url=wms.url,
                            scanners=0, synchronous="NORMAL", devices=extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,19 @@ if TYPE_CHECKING:
     from gateway.core.protocols import Ingest
     from gateway.transport.config import BrokerConfig
     from gateway.transport.link import MqttLink
+
+
+def session_of(client_id: str, dry_run: bool) -> tuple[str, bool]:
+    """The client id and persistence of a driver's broker session.
+
+    The gateway's own session is persistent under its configured client id. A
+    commissioning dry run (``DriverContext.dry_run``) takes a clean session
+    under an id of its own: it must neither take over the running gateway's
+    connection nor leave subscriptions or queued messages in its session.
+    """
+    if not dry_run:
+        return client_id, True
+    return f"{client_id}-try-{uuid.uuid4().hex[:8]}", False
 
 
 class MqttLinkDriver:

@@ -83,6 +83,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_try(args: argparse.Namespace) -> int:
+    """Commissioning dry run of one device (docs/commissioning.md)."""
+    cfg = _load_or_exit_code(args.config)
+    if isinstance(cfg, int):
+        return cfg
+    from gateway.commission.command import run_try
+
+    return run_try(cfg, args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the simulated site."""
     from gateway.demo import run_demo
@@ -172,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("--config", required=True)
     c.set_defaults(func=cmd_check)
+    t = sub.add_parser("try", help="commissioning dry run of one device: print its signals and "
+                                   "the events they make; --browse (OPC UA), --scan (Modbus)")
+    from gateway.commission.command import add_arguments as try_arguments
+
+    try_arguments(t)
+    t.set_defaults(func=cmd_try)
     d = sub.add_parser("demo", help="run a simulated site: broker, scanners, conveyors, sorter, "
                                     "AMRs, WMS and gateway")
     d.add_argument("--status-port", type=int, default=8080)

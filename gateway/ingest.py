@@ -27,10 +27,10 @@ from typing import Any
 
 import structlog
 
-from buffer.service import Backpressure, Committer
+from buffer.service import Backpressure
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
-from gateway.core.protocols import Describe
+from gateway.core.protocols import Describe, Handoff
 from gateway.core.records import IngestDeadLetter, Record
 from gateway.core.reports import BROKEN_STATES
 from gateway.core.throttle import LogThrottle
@@ -286,7 +286,7 @@ def _raw_as_is(raw: Any) -> tuple[bytes, Mapping[str, Any]]:
 class DevicePipeline:
     """One device's ingest: recognizer, dead letters, hand-off to the store."""
 
-    def __init__(self, site: str, device: Any, committer: Committer,
+    def __init__(self, site: str, device: Any, committer: Handoff,
                  errors: IngestErrorLog, driver: str) -> None:
         spec = role_spec(device)
         if spec is None:
@@ -400,6 +400,11 @@ class DevicePipeline:
         """True while the store holds the committer back (stop reading the source)."""
         return self._committer.saturated
 
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The fields of ``point``'s events the recognizer reads (``None``: every field)."""
+        own = getattr(self.recognizer, "event_fields", None)
+        return None if own is None else own(point)
+
     def source_key(self, sig: Signal) -> str:
         """The source key the recognizer derives for ``sig`` (to drop re-read input)."""
         if self.spec.source_key is None:
@@ -426,13 +431,14 @@ class DevicePipeline:
 class DriverIngest:
     """The ingest hand-off of one driver: a pipeline per device, one error log."""
 
-    def __init__(self, site: str, devices: Sequence[Any], committer: Committer, driver: str,
-                 *, errors: IngestErrorLog | None = None) -> None:
+    def __init__(self, site: str, devices: Sequence[Any], committer: Handoff, driver: str,
+                 *, errors: IngestErrorLog | None = None,
+                 pipeline: type[DevicePipeline] | None = None) -> None:
         self.driver = driver
         self.errors = errors or IngestErrorLog()
         self._committer = committer
-        self.pipelines = {d.id: DevicePipeline(site, d, committer, self.errors, driver)
-                          for d in devices}
+        make = pipeline or DevicePipeline
+        self.pipelines = {d.id: make(site, d, committer, self.errors, driver) for d in devices}
         self.unrouted = 0
 
     def device(self, device_id: str) -> DevicePipeline:

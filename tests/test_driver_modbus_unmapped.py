@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 from e2e import wait_until
-from pymodbus.server import ModbusTcpServer
+from modbus_server import SimPlc
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from buffer.service import Committer, StoreService
@@ -39,30 +39,17 @@ POINTS: list[dict[str, Any]] = [
 ]
 
 
-class SparsePlc:
+class SparsePlc(SimPlc):
     """A Modbus TCP server whose tables hold only the mapped addresses."""
 
     def __init__(self) -> None:
-        self.port = 0
-        self._server: ModbusTcpServer | None = None
-
-    async def start(self) -> None:
-        device = SimDevice(id=1, simdata=(
+        super().__init__(SimDevice(id=1, simdata=(
             [SimData(0, count=1, values=False, datatype=DataType.BITS)],
             [SimData(0, count=1, values=False, datatype=DataType.BITS, readonly=True)],
             [SimData(0, count=2, values=[1500, 3], datatype=DataType.REGISTERS),
              SimData(10, count=2, values=[1, 2], datatype=DataType.REGISTERS)],
             [SimData(0, count=2, values=[42, 0xFFF6], datatype=DataType.REGISTERS)],
-        ))
-        server = ModbusTcpServer(device, address=("127.0.0.1", 0))
-        await server.serve_forever(background=True)
-        assert server.transport is not None
-        self.port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        self._server = server
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
+        )))
 
 
 @pytest.fixture

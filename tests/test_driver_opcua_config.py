@@ -68,7 +68,7 @@ endpoint = "opc.tcp://127.0.0.1:4840"
      "password_file is set but username is not"),
     ("", "nothing to read"),
     ('[[devices.events]]\nkind = "divert"\nsource = "ns=2;s=Sorter"\ntype = "i=2041"',
-     "devices[0].events[0].kind: Input should be 'divert_confirm' or 'scan'"),
+     "devices[0].events[0].kind: Input should be 'divert_confirm', 'scan' or 'event'"),
     ('[[devices.nodes]]\nnode = "i=1"\npoint = "a"\n[[devices.nodes]]\nnode = "i=2"\n'
      'point = "a"', "point names used more than once: ['a']"),
 ])

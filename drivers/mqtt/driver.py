@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 import structlog
 
 from drivers.mqtt.config import MqttDevice, ScannerFields
-from drivers.mqtt_link_driver import MqttLinkDriver
+from drivers.mqtt_link_driver import MqttLinkDriver, session_of
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
 from gateway.core.protocols import DeviceIngest, DriverContext
@@ -65,21 +65,25 @@ def _check_text(value: object, name: str) -> None:
                               "(lone surrogate escape)") from None
 
 
-def decode_scanner_read(
-    payload: bytes | bytearray, fields: ScannerFields, device: str, receive_time: float,
-    max_bytes: int,
-) -> Signal:
-    """Decode one scanner message into a ``read`` signal, or raise ``IngestError``."""
+def _json(payload: bytes | bytearray, max_bytes: int) -> Any:
     if len(payload) > max_bytes:
         raise IngestError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
     try:
-        doc = json.loads(payload)
+        return json.loads(payload)
     except ValueError as err:
         # JSONDecodeError, UnicodeDecodeError, and integers past Python's
         # 4,300-digit conversion limit.
         raise IngestError("not_json", str(err)[:200]) from None
     except RecursionError:
         raise IngestError("not_json", "JSON nested too deeply") from None
+
+
+def decode_scanner_read(
+    payload: bytes | bytearray, fields: ScannerFields, device: str, receive_time: float,
+    max_bytes: int,
+) -> Signal:
+    """Decode one scanner message into a ``read`` signal, or raise ``IngestError``."""
+    doc = _json(payload, max_bytes)
     if not isinstance(doc, dict):
         raise IngestError("not_object", f"expected a JSON object, got {type(doc).__name__}")
     code = _get(doc, fields.code)
@@ -123,14 +127,7 @@ def decode_scanner_read(
 def decode_json_message(payload: bytes | bytearray, device: str, topic: str,
                         receive_time: float, max_bytes: int) -> Signal:
     """Any JSON message → a generic ``message`` signal for a mapping (value = the document)."""
-    if len(payload) > max_bytes:
-        raise IngestError("too_large", f"{len(payload)} bytes > limit {max_bytes}")
-    try:
-        doc = json.loads(payload)
-    except ValueError as err:
-        raise IngestError("not_json", str(err)[:200]) from None
-    except RecursionError:
-        raise IngestError("not_json", "JSON nested too deeply") from None
+    doc = _json(payload, max_bytes)
     return Signal(device=device, point="message", value=doc, receive_time=receive_time,
                   attrs={"topic": topic,
                          "digest": hashlib.sha1(payload, usedforsecurity=False).hexdigest()})
@@ -165,10 +162,12 @@ class MqttDriver(MqttLinkDriver):
         self.last_seen: dict[str, float] = {}
         self._paused = False
         ctx.ingest.on_drained(self._resume)
+        client_id, persistent = session_of(
+            client_id or broker.client_id or f"wh-gw-{site}-{broker.id}", ctx.dry_run)
         self.link = MqttLink(
             broker,
-            client_id or broker.client_id or f"wh-gw-{site}-{broker.id}",
-            persistent=True,
+            client_id,
+            persistent=persistent,
             manual_ack=True,
             on_message=self._on_message,
             subscriptions=[(d.topic, 1) for d in devices],

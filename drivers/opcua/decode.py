@@ -167,6 +167,9 @@ def quality(status: ua.StatusCode | None) -> str:
     return "good" if severity == 0 else ("uncertain" if severity == 1 else "bad")
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def event_value(value: Any) -> Any:
     """Any event field as something a mapping (and the event JSON) can carry; never raises.
 
@@ -181,7 +184,9 @@ def event_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime):
-        return None if epoch(value) is None else value.replace(tzinfo=UTC).isoformat()
+        if value.tzinfo is None:  # UA DateTimes are naive UTC; 1601 is "no time"
+            return None if value <= _NO_TIME else value.isoformat() + "+00:00"
+        return value.isoformat()
     if isinstance(value, ua.LocalizedText):
         return value.Text
     if isinstance(value, bytes | bytearray):
@@ -204,6 +209,18 @@ def event_value(value: Any) -> Any:
     return str(value)
 
 
+def select_fields(evfilter: ua.EventFilter, wanted: frozenset[str] | None) -> None:
+    """Keep only the select clauses a mapping reads (by path, browse name or first element)."""
+    if wanted is None:
+        return
+    kept = []
+    for clause in evfilter.SelectClauses:
+        names = [q.Name for q in clause.BrowsePath]
+        if not names or "/".join(names) in wanted or names[-1] in wanted or names[0] in wanted:
+            kept.append(clause)
+    evfilter.SelectClauses = kept
+
+
 def field_paths(select_clauses: Sequence[ua.SimpleAttributeOperand]) -> list[str]:
     """Each select clause's browse path as ``A/B`` (one name for a top-level field)."""
     paths = []
@@ -223,10 +240,13 @@ def event_signal(device: str, point: str, fields: dict[str, Any], receive_time: 
     The source time is the event's ``Time``.
     """
     doc: dict[str, Any] = {}
+    nested = False
     for path, raw in fields.items():
-        doc[path] = event_value(raw)
-    for path, v in list(doc.items()):
-        if "/" in path:
-            doc.setdefault(path.rsplit("/", 1)[1], v)
+        doc[path] = raw if type(raw) in _PLAIN else event_value(raw)
+        nested = nested or "/" in path
+    if nested:
+        for path, v in list(doc.items()):
+            if "/" in path:
+                doc.setdefault(path.rsplit("/", 1)[1], v)
     return Signal(device=device, point=point, value=doc, receive_time=receive_time,
                   source_time=epoch(fields.get("Time")), attrs=attrs)

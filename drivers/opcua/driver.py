@@ -58,6 +58,7 @@ from drivers.opcua.decode import (
     micros,
     quality,
     scan_signal,
+    select_fields,
 )
 from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
@@ -242,6 +243,9 @@ class OpcuaDriver:
             route.source = parse_node_id(route.cfg.source, namespaces)
             etype = client.get_node(parse_node_id(route.cfg.type, namespaces))
             route.filter = await get_filter_from_event_type([etype])
+            if generic:  # only the fields the mapping reads travel and get decoded
+                select_fields(route.filter, self.pipe.event_fields(
+                    route.cfg.point or route.cfg.kind))
             route.names = (field_paths if generic else field_names)(route.filter.SelectClauses)
             route.types = event_types(route.filter)
             for needed in ("Time",):

@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 
-from drivers.mqtt_link_driver import MqttLinkDriver
+from drivers.mqtt_link_driver import MqttLinkDriver, session_of
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
 from gateway.core.errors import IngestError
@@ -71,7 +71,8 @@ class Vda5050Driver(MqttLinkDriver):
             client_id = (f"{broker.client_id}-vda5050" if broker.client_id
                          else f"wh-gw-{site}-{broker.id}-vda5050")
         ctx.ingest.on_drained(self._resume)
-        self.link = MqttLink(broker, client_id, persistent=True, manual_ack=True,
+        client_id, persistent = session_of(client_id, ctx.dry_run)
+        self.link = MqttLink(broker, client_id, persistent=persistent, manual_ack=True,
                              on_message=self._on_message,
                              subscriptions=[(t, 1) for t in subscriptions])
         for fleet in self._fleets:

@@ -74,6 +74,36 @@ class Sink(Protocol):
 Describe = Callable[[Any], tuple[bytes, Mapping[str, Any]]]
 
 
+class Handoff(Protocol):
+    """Where the ingest pipelines hand their records: the store's group commit.
+
+    ``buffer.service.Committer`` in the gateway; the commissioning dry run
+    (``warehouse-gateway try``) puts a stand-in here that keeps nothing.
+    """
+
+    @property
+    def pending(self) -> int:
+        """Units waiting for a commit."""
+        ...
+
+    @property
+    def saturated(self) -> bool:
+        """True when sources should stop reading until ``on_drained`` fires."""
+        ...
+
+    def submit(self, records: Sequence[Record], on_commit: Callable[[], None] | None) -> None:
+        """Queue one source message's records; ``on_commit`` runs after they commit.
+
+        Never blocks; raises ``buffer.service.Backpressure`` when too much waits.
+        """
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Queue records and wait until they are committed."""
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` whenever the pending units fall back after saturation."""
+
+
 class DeviceIngest(Protocol):
     """One device's ingest pipeline, as its driver sees it (gateway/ingest.py).
 
@@ -89,6 +119,10 @@ class DeviceIngest(Protocol):
     device: str
     #: The points the recognizer reads (``None``: every point).
     inputs: frozenset[str] | None
+
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The fields of ``point``'s events its recognizer reads (``None``: every field)."""
+        ...
 
     def bind(self, describe: Describe, *, on_saturated: Callable[[], None] | None = None,
              on_refused: Callable[[], None] | None = None) -> None:
@@ -177,6 +211,10 @@ class DriverContext(Generic[DeviceT]):
     broker: Any = None
     #: Wall clock (tests inject one).
     clock: Callable[[], float] = time.time
+    #: A commissioning dry run (``warehouse-gateway try``): leave no state at the
+    #: source. MQTT drivers connect with a clean session under a client id of
+    #: their own, so the gateway's persistent session is never touched.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -46,8 +47,11 @@ class Ctx:
         self.params = params
         self.occurred = occurred
         self.source = source
-        self.extra = extra or {}
+        self.extra = _NO_EXTRA if extra is None else extra
         self.data: dict[str, Any] = {}
+
+
+_NO_EXTRA: Mapping[str, Any] = {}
 
 
 Getter = Callable[[Ctx], Any]
@@ -68,21 +72,28 @@ def _walk(doc: Any, parts: Sequence[str]) -> Any:
     return cur
 
 
+#: Getters that already return MISSING for null (``first_present`` need not wrap them).
+_NULL_IS_MISSING: weakref.WeakSet[Getter] = weakref.WeakSet()
+
+
 def _field_getter(ref: str) -> Getter:
     parts = re.split(r"[./]", ref) if ("." in ref or "/" in ref) else None
 
+    # Returns MISSING for null too (the callers treat both alike).
     def get(ctx: Ctx) -> Any:
         doc = ctx.doc
         if doc is not None:
-            v = doc.get(ref, MISSING)
-            if v is not MISSING:
+            v = doc.get(ref)
+            if v is not None:
                 return v
             if parts is not None:
                 v = _walk(doc, parts)
-                if v is not MISSING:
+                if v is not MISSING and v is not None:
                     return v
-        return ctx.values.get(ref, MISSING)
+        v = ctx.values.get(ref)
+        return MISSING if v is None else v
 
+    _NULL_IS_MISSING.add(get)
     return get
 
 
@@ -128,6 +139,8 @@ def first_present(getters: Sequence[Getter], empty_is_missing: bool = False) -> 
     """The first of ``getters`` that has a value (not absent, not null)."""
     if len(getters) == 1 and not empty_is_missing:
         (g,) = getters
+        if g in _NULL_IS_MISSING:
+            return g
 
         def one(ctx: Ctx) -> Any:
             v = g(ctx)
@@ -295,6 +308,16 @@ def value_fn(spec: ValueSpec, name: str) -> Value:
             return coerce(v, label)
         return v
 
+    if source is not None and not mapped and coerce is not None and not has_default \
+            and not required and not lenient:
+        # A typed field, nothing else to decide.
+        def typed(ctx: Ctx) -> Any:
+            v = source(ctx)
+            if v is MISSING:
+                return None
+            return coerce(v, label)
+
+        return typed
     if source is not None and not mapped and coerce is None and not has_default \
             and not required:
         # The common pass-through field: no checks to run.
@@ -311,32 +334,18 @@ def value_fn(spec: ValueSpec, name: str) -> Value:
 Template = Callable[[Ctx], "str | None"]
 
 
-def _text(v: Any) -> str:
-    return v if type(v) is str else str(v)
-
-
 def template_fn(text: str) -> Template:
     """Compile one template: the rendered text, or None when a placeholder is missing."""
-    literals = PLACEHOLDER.split(text)
-    # split with one group alternates literal, ref, literal, ...
-    parts: list[str | Getter] = []
-    for i, piece in enumerate(literals):
-        if i % 2:
-            parts.append(getter(piece.strip()))
-        elif piece:
-            parts.append(piece)
+    pieces = PLACEHOLDER.split(text)  # literal, ref, literal, ref, ..., literal
+    getters = [getter(p.strip()) for p in pieces[1::2]]
+    fmt = "{}".join(pieces[0::2])  # no braces left in the literals (checked at load)
 
     def render(ctx: Ctx) -> str | None:
-        out = []
-        for p in parts:
-            if type(p) is str:
-                out.append(p)
-                continue
-            v = p(ctx)  # type: ignore[operator]
+        vals = [g(ctx) for g in getters]
+        for v in vals:
             if v is MISSING or v is None:
                 return None
-            out.append(_text(v))
-        return "".join(out)
+        return fmt.format(*vals)
 
     return render
 

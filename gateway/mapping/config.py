@@ -239,6 +239,17 @@ class EventRule(_Emits):
     time: References | None = None
     debounce: Debounce | None = None
 
+    def excludes(self, point: str) -> bool:
+        """Whether a ``when`` on ``$point`` (with a written list) rules ``point`` out."""
+        for c in self.when:
+            if c.field != ["$point"]:
+                continue
+            if isinstance(c.in_, list) and point not in c.in_:
+                return True
+            if isinstance(c.not_in, list) and point in c.not_in:
+                return True
+        return False
+
     def references(self) -> Iterable[str]:
         """Every reference this rule reads."""
         yield from super().references()
@@ -427,6 +438,29 @@ class MappingConfig(Model):
         names.update(t.point for t in self.telemetry)
         for rule in self.events:
             names.update(r for r in rule.on if "*" not in r and "?" not in r)
+            # A rule may read other points' current values by name.
+            names.update(r for r in rule.references() if not r.startswith("$"))
+        return frozenset(names)
+
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The source fields the rules for ``point`` read (``None``: every field).
+
+        An OPC UA driver selects only these in its event filter (plus ``Time``
+        and ``EventType``); a rule reading ``$value`` (the whole event) needs all.
+        """
+        from fnmatch import fnmatchcase
+
+        names: set[str] = {"Time", "EventType"}
+        for rule in self.events:
+            if not any(fnmatchcase(point, p) for p in rule.on) or rule.excludes(point):
+                continue
+            for ref in rule.references():
+                if ref == "$value":
+                    return None
+                if ref.startswith("$"):
+                    continue
+                names.add(ref)
+                names.add(re.split(r"[./]", ref, maxsplit=1)[0])
         return frozenset(names)
 
     def merged(self, base: MappingConfig) -> MappingConfig:

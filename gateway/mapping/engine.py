@@ -74,8 +74,8 @@ def _sample(value: Any) -> bytes:
 class _Maker:
     """Makes one event from a context: data, type, key, correlation (compiled)."""
 
-    __slots__ = ("corr", "data", "device", "key", "key_text", "priority", "site", "type_const",
-                 "type_fn")
+    __slots__ = ("corr", "data", "device", "key", "key_text", "priority", "reads", "site",
+                 "type_const", "type_fn")
 
     def __init__(self, site: str, device: str, rule: _Emits,
                  sub: Callable[[str], str] = lambda r: r) -> None:
@@ -89,6 +89,9 @@ class _Maker:
         self.key_text = " | ".join(rule.key)
         self.corr = None if rule.correlation is None else templates_fn(rule.correlation)
         self.priority = None if rule.priority is None else _PRIORITIES[rule.priority]
+        #: The source fields it reads (a dead letter's sample, for triggers).
+        self.reads = list(dict.fromkeys(
+            sub(r) for r in rule.references() if not r.startswith("$")))
 
     def make(self, ctx: Ctx) -> tuple[Event, str]:
         """The event and its source key (``Reject`` when the mapping cannot make it)."""
@@ -415,6 +418,10 @@ class MappingRecognizer:
         """Points the mapping reads by name (a poller may skip the others)."""
         return self.mapping.watched()
 
+    def event_fields(self, point: str) -> frozenset[str] | None:
+        """The event fields the rules for ``point`` read (``None``: all)."""
+        return self.mapping.event_fields(point)
+
     def bind_dead_letters(self, fn: DeadLetterFn) -> None:
         """Make dead letters with ``fn`` (the pipeline's: counted and logged per device)."""
         self._dead_letter = fn
@@ -436,11 +443,7 @@ class MappingRecognizer:
         if not isinstance(value, dict):
             self.values[sig.point] = value
         out: list[Record] = []
-        rules = self._rules_for.get(sig.point)
-        if rules is None:
-            rules = self._match(sig.point)
-        if rules:
-            self._apply(sig, rules, out)
+        self._rules(sig, out)
         if self._stepped:
             self._step({sig.point: sig}, sig.receive_time, out)
         return out
@@ -455,11 +458,7 @@ class MappingRecognizer:
             batch[sig.point] = sig
         out: list[Record] = []
         for sig in signals:
-            rules = self._rules_for.get(sig.point)
-            if rules is None:
-                rules = self._match(sig.point)
-            if rules:
-                self._apply(sig, rules, out)
+            self._rules(sig, out)
         if self._stepped:
             self._step(batch, receive_time, out)
         return out
@@ -471,10 +470,7 @@ class MappingRecognizer:
         signal; a signal the mapping rejects keys on its raw sample's digest.
         """
         out: list[Record] = []
-        rules = self._rules_for.get(sig.point)
-        if rules is None:
-            rules = self._match(sig.point)
-        key = self._apply(sig, rules, out) if rules else None
+        key = self._rules(sig, out)
         if self._stepped and not isinstance(sig.value, dict):
             self.values[sig.point] = sig.value
             self._step({sig.point: sig}, sig.receive_time, out)
@@ -484,6 +480,13 @@ class MappingRecognizer:
             key = "rejected:" + sha1(_sample(sig.value), usedforsecurity=False).hexdigest()
         self._pending = (sig, out, key)
         return key
+
+    def _rules(self, sig: Signal, out: list[Record]) -> str | None:
+        """Apply the first rule for ``sig`` (none for its point: nothing); its source key."""
+        rules = self._rules_for.get(sig.point)
+        if rules is None:
+            rules = self._match(sig.point)
+        return self._apply(sig, rules, out) if rules else None
 
     def _match(self, point: str) -> list[_Rule]:
         rules = [r for r in self.rules if r.matches(point)]
@@ -527,11 +530,7 @@ class MappingRecognizer:
     def _step(self, batch: Mapping[str, Signal], t: float, out: list[Record]) -> None:
         for trig in self.triggers:
             if not trig.inputs.isdisjoint(batch):
-                try:
-                    trig.step(self, batch, t, out)
-                except Reject as err:
-                    out.append(self._reject(err, trig.point, {
-                        p: self.values.get(p) for p in sorted(trig.inputs)}))
+                trig.step(self, batch, t, out)
         for tp in self.telemetry:
             v = self.values.get(tp.point)
             if v is None:
@@ -553,14 +552,22 @@ class MappingRecognizer:
 
     def emit_trigger(self, maker: _Maker, point: str, batch: Mapping[str, Signal], t: float,
                      extra: dict[str, Any], out: list[Record]) -> None:
-        """Make one trigger event (``Reject`` propagates to ``_step``)."""
+        """Make one trigger event, or its dead letter (the trigger's other events go on)."""
         sig = batch.get(point)
+        values = self.values
         if sig is None:
-            sig = Signal(self.device, point, self.values.get(point), t)
+            sig = Signal(self.device, point, values.get(point), t)
         source = sig.source_time
-        ctx = Ctx(sig, None, self.values, self.params,
+        ctx = Ctx(sig, None, values, self.params,
                   source if source is not None else t, source, extra)
-        event, _ = maker.make(ctx)
+        try:
+            event, _ = maker.make(ctx)
+        except Reject as err:
+            sample = {p: values.get(p) for p in dict.fromkeys([point, *maker.reads])}
+            out.append(self._reject(err, point, {**sample, **{
+                k: v for k, v in extra.items() if k in ("$count", "$tracking_seq", "$edge",
+                                                        "$state")}}))
+            return
         self.health.made(event.type)
         out.append(event)
 
