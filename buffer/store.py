@@ -492,12 +492,21 @@ class Store:
             "reserve_bytes": self._disk.reserve_size(),
             "cursors": cursors,
             "backlog": {s: max(0, last - c) for s, c in cursors.items()},
+            # Commit time of the oldest event after each cursor (the age of what waits).
+            "oldest_pending": {s: _oldest_after(conn, c) if last > c else None
+                               for s, c in cursors.items()},
             "dead_letters": {"sink": dl.get("sink", 0), "ingest": dl.get("ingest", 0)},
             "counters": self.counters(),
             "file_bytes": _file_bytes(self.path),
             "open_report": {**dataclasses.asdict(self.open_report),
                             "salvaged_by": dict(self.open_report.salvaged_by)},
         }
+
+
+def _oldest_after(conn: sqlite3.Connection, cursor: int) -> float | None:
+    row = conn.execute("SELECT created FROM events WHERE seq > ? ORDER BY seq LIMIT 1",
+                       (cursor,)).fetchone()
+    return None if row is None else float(row[0])
 
 
 def _file_bytes(path: Path) -> int:

@@ -9,6 +9,7 @@ into signals and hands them to each device's ingest pipeline
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -26,6 +27,8 @@ class Availability:
         self.ever_connected = False
         self.last_error: str | None = None
         self.outages = 0
+        #: Wall time the current outage began (None while available).
+        self.down_since: float | None = None
 
     def up(self, **fields: Any) -> None:
         """The device answers."""
@@ -37,10 +40,13 @@ class Availability:
             self.available = True
             self.ever_connected = True
             self.last_error = None
+            self.down_since = None
 
     def down(self, error: str, **fields: Any) -> None:
         """The device does not answer (or the connection failed); logs only on a change."""
         self.last_error = error
+        if self.down_since is None:
+            self.down_since = time.time()
         if self.available or (not self.ever_connected and self.outages == 0):
             log.warning("device_unavailable", device=self.device, driver=self.driver,
                         error=error, **fields)

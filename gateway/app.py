@@ -30,7 +30,7 @@ import structlog
 from buffer.lock import StoreLock, StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
-from gateway.alerts import RejectionWatch
+from gateway.alerts import AlertBook, RejectionWatch, sink_alerts, store_alerts, summary
 from gateway.build import build_drivers, build_sinks
 from gateway.config import GatewayConfig
 from gateway.core.protocols import Driver, Sink
@@ -45,6 +45,7 @@ from gateway.core.snapshot import (
     TaskSnapshot,
 )
 from gateway.forwarder import Forwarder
+from gateway.history import History, Sample
 from gateway.supervisor import Supervisor, describe
 
 log = structlog.get_logger(__name__)
@@ -113,6 +114,8 @@ class Gateway:
         self.stopping = False
         self._stop = asyncio.Event()
         self.rejections = RejectionWatch()
+        self.alert_book = AlertBook()
+        self.history = History(STATS_REFRESH_S)
 
     def _open_store(self) -> Store:
         s = self.cfg.store
@@ -273,6 +276,9 @@ class Gateway:
                 self.service.notify()
             self.store_stats = await self.service.call(store.stats)
             self._observe_rejections()
+            self._record_history()
+            self.snapshot()  # the alert log follows what the page shows
+            self.alert_book.flush()
             self.supervisor.flush_logs()
             await asyncio.sleep(STATS_REFRESH_S)
 
@@ -285,44 +291,34 @@ class Gateway:
                     dev_id, figures, self.rejections.rejecting_all(dev_id))
         store = StoreSnapshot.from_stats(self.store_stats)
         committer = CommitterSnapshot.from_dict(self.committer.snapshot())
-        sinks = {
-            f.sink.id: SinkSnapshot.build(f.sink.id, f.sink.snapshot(),
-                                          ForwarderSnapshot(**f.snapshot()),
-                                          store.backlog.get(f.sink.id))
-            for f in self.forwarders
-        }
-        alerts = [f"sink {sid}: {s.alert}" for sid, s in sinks.items() if s.alert]
-        if committer.full:
-            if committer.full_reason == "disk":
-                alerts.append("store full (disk): sources are being held back; free disk space")
-            else:
-                alerts.append("store full: sources are being held back")
-        if store.dead_letters_over_budget:
-            alerts.append("dead letters over budget: replay or discard sink dead letters")
+        now = time.time()
+        sinks = {}
+        for f in self.forwarders:
+            sid = f.sink.id
+            oldest = store.oldest_pending.get(sid)
+            backlog = store.backlog.get(sid)
+            rate = self.history.rate_out(sid)
+            sinks[sid] = SinkSnapshot.build(
+                sid, f.sink.snapshot(), ForwarderSnapshot(**f.snapshot()), backlog,
+                oldest_pending_at=oldest if backlog else None,
+                oldest_undelivered_age_s=round(max(0.0, now - oldest), 1)
+                if oldest is not None and backlog else None,
+                rate_out_per_s=None if rate is None else round(rate, 2),
+                drain_estimate_s=_rounded(self.history.drain_s(sid)))
+        alerts = [a for s in sinks.values() for a in sink_alerts(s, now)]
+        alerts.extend(store_alerts(store, committer, sinks))
         for d in self.drivers:
             alerts.extend(d.alerts())
         alerts.extend(self.rejections.alerts())
         alerts.extend(self.supervisor.alerts())
-        report = store.open_report
-        if report.get("corrupt"):
-            alerts.append(
-                f"store file was corrupt and moved to {report.get('moved_to')}; "
-                f"{report.get('salvaged_events')} events salvaged"
-            )
-        if report.get("rewound"):
-            alerts.append(
-                f"store file was rewound (its -wal file was lost?): it opened at seq "
-                f"{report.get('opened_at_seq')}, its high-water mark is "
-                f"{report.get('high_water_seq')}; events after seq {report.get('opened_at_seq')}"
-                f" that were not yet delivered are lost; seq resumes at "
-                f"{report.get('resumes_at_seq')}"
-            )
+        shown = self.alert_book.update(alerts)
+        ready = self.ready.is_set()
         return GatewaySnapshot(
             site=self.cfg.site.id,
             pid=os.getpid(),
             uptime_s=round(time.time() - self.started_at, 1),
-            ready=self.ready.is_set(),
-            alerts=tuple(alerts),
+            ready=ready,
+            alerts=shown,
             devices=devices,
             sinks=sinks,
             store=store,
@@ -331,7 +327,16 @@ class Gateway:
                    for name, t in self.supervisor.snapshot().items()},
             unrouted_messages=sum(getattr(d, "unrouted", 0) for d in self.drivers),
             rss_bytes=_rss_bytes(),
+            started_at=self.started_at,
+            summary=summary(ready, self.stopping, shown),
         )
+
+    def _record_history(self) -> None:
+        store = StoreSnapshot.from_stats(self.store_stats)
+        self.history.add(Sample(
+            t=time.time(), events_in=self.committer.snapshot().get("events", 0),
+            delivered={f.sink.id: f.snapshot()["events_delivered"] for f in self.forwarders},
+            backlog=dict(store.backlog), store_used_bytes=store.used_bytes))
 
     def _observe_rejections(self) -> None:
         counts: dict[str, tuple[int, int]] = {}
@@ -375,6 +380,10 @@ async def _wait(tasks: list[asyncio.Task[Any]], deadline: float) -> None:
     _, pending = await asyncio.wait(tasks, timeout=remaining)
     for t in pending:
         log.warning("task_did_not_stop", task=t.get_name())
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _rss_bytes() -> int:

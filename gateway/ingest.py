@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 
 from buffer.service import Backpressure
+from gateway.alerts import ClockSkew
+from gateway.core.alert import Alert
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
 from gateway.core.protocols import Describe, Handoff
@@ -130,7 +132,7 @@ class RoleSpec:
 
     build: Callable[[str, Any], Any]
     figures: Callable[[Any], dict[str, Any]]
-    alerts: Callable[[str, Any], list[str]] | None = None
+    alerts: Callable[[str, Any], list[Alert]] | None = None
     source_key: Callable[[Signal], str] | None = None
     #: The points the recognizer reads (``None``: every point).
     inputs: Callable[[Any], frozenset[str]] | None = None
@@ -175,14 +177,16 @@ def _amr_figures(rec: AmrRecognizer) -> dict[str, Any]:
             "unclassified_actions": rec.unclassified, "evicted_vehicles": rec.evicted_vehicles}
 
 
-def _amr_alerts(device: str, rec: AmrRecognizer) -> list[str]:
+def _amr_alerts(device: str, rec: AmrRecognizer) -> list[Alert]:
     broken = rec.broken()
     if not broken:
         return []
     names = ", ".join(broken[:_ALERT_NAMES])
     extra = len(broken) - _ALERT_NAMES
     more = f" and {extra} more" if extra > 0 else ""
-    return [f"fleet {device}: {len(broken)} AMR(s) with a broken connection: {names}{more}"]
+    return [Alert("amr_connection_broken", f"device:{device}",
+                  f"fleet {device}: {len(broken)} AMR(s) with a broken connection: {names}{more}",
+                  figures={"vehicles": broken[:20]})]
 
 
 def _conveyor(site: str, device: Any) -> ConveyorRecognizer:
@@ -213,8 +217,25 @@ def _conveyor_figures(rec: ConveyorRecognizer) -> dict[str, Any]:
         "fault_count": rec.fault_count,
         "open_fault": None if rec.open_fault is None else {
             "fault_count": rec.open_fault[0], "reason": rec.open_fault[1],
-            "fault_code": rec.open_fault[2], "zone": rec.zone(rec.open_fault[3])},
+            "fault_code": rec.open_fault[2], "zone": rec.zone(rec.open_fault[3]),
+            "since": rec.open_since},
     }
+
+
+def _conveyor_alerts(device: str, rec: ConveyorRecognizer) -> list[Alert]:
+    """A jam or fault open at the PLC: one alert until the PLC clears it."""
+    if rec.open_fault is None:
+        return []
+    count, reason, code, zone_number = rec.open_fault
+    zone = rec.zone(zone_number)
+    jam = reason == "jam"
+    where = f" in zone {zone}" if zone else ""
+    what = "jammed" if jam else f"fault {code}" if code is not None else "fault"
+    message = (f"conveyor {device} {what}{where}" if jam
+               else f"conveyor {device}: {what}{where}")
+    return [Alert("conveyor_jam" if jam else "conveyor_fault", f"device:{device}", message,
+                  since=rec.open_since,
+                  figures={"zone": zone, "fault_code": code, "fault_count": count})]
 
 
 def _sorter(site: str, dev: Any) -> SorterRecognizer:
@@ -243,7 +264,7 @@ _SORTER = RoleSpec(_sorter, _sorter_figures, source_key=_sorter_key)
 RECOGNIZERS: Mapping[tuple[str, str], RoleSpec] = {
     ("mqtt", "scanner"): _SCANNER,
     ("vda5050", "amr"): RoleSpec(_amr, _amr_figures, alerts=_amr_alerts),
-    ("modbus", "conveyor"): RoleSpec(_conveyor, _conveyor_figures,
+    ("modbus", "conveyor"): RoleSpec(_conveyor, _conveyor_figures, alerts=_conveyor_alerts,
                                      inputs=lambda rec: rec.points.watched()),
     ("opcua", "sorter"): _SORTER,
     # An induct reader's scans are OPC UA events like a sorter's: same recognizer.
@@ -310,6 +331,18 @@ class DevicePipeline:
         self._describe: Describe = _raw_as_is
         self._on_saturated: Callable[[], None] | None = None
         self._on_refused: Callable[[], None] | None = None
+        #: Inputs that reached the pipeline (messages, notifications, polls with changes).
+        self.inputs_seen = 0
+        #: Events recognized (before the store drops repeats), since start.
+        self.events = 0
+        #: How far the device's own clock is from the gateway's.
+        self.clock = ClockSkew()
+
+    def _observe(self, sig: Signal, records: Sequence[Record]) -> None:
+        self.inputs_seen += 1
+        self.events += len(records)
+        if sig.source_time is not None:
+            self.clock.observe(sig.receive_time, sig.source_time)
 
     def bind(self, describe: Describe, *, on_saturated: Callable[[], None] | None = None,
              on_refused: Callable[[], None] | None = None) -> None:
@@ -323,8 +356,10 @@ class DevicePipeline:
         # The hot path (one call per scanner message): hand_off inlined.
         try:
             records = self._feed(sig)
+            self._observe(sig, records)
         except Exception as err:  # a recognizer bug must not stop ingest
             records = [self._failed(err, raw)]
+            self.inputs_seen += 1
         committer = self._committer
         try:
             committer.submit(records, ack)
@@ -336,25 +371,33 @@ class DevicePipeline:
 
     def reject(self, err: IngestError, raw: Any, ack: Callable[[], None] | None) -> None:
         """Hand off input that could not become a signal, as an ingest dead letter."""
+        self.inputs_seen += 1
         payload, context = self._describe(raw)
         self.hand_off([self.errors.dead_letter(self.device, err, payload, context)], ack)
 
     def recognize(self, sig: Signal, raw: Any) -> Sequence[Record]:
         """The records of one signal (a dead letter when the recognizer fails)."""
         try:
-            return self._feed(sig)
+            records = self._feed(sig)
         except Exception as err:  # a recognizer bug must not stop ingest
+            self.inputs_seen += 1
             return [self._failed(err, raw)]
+        self._observe(sig, records)
+        return records
 
     def recognize_poll(self, signals: Sequence[Signal], receive_time: float,
                        raw: Any) -> Sequence[Record]:
         """The records of one poll's changed points (a dead letter when the recognizer fails)."""
+        self.inputs_seen += 1
         try:
             if self._feed_poll is not None:
-                return self._feed_poll(signals, receive_time)
-            return [r for sig in signals for r in self._feed(sig)]
+                records = self._feed_poll(signals, receive_time)
+            else:
+                records = [r for sig in signals for r in self._feed(sig)]
         except Exception as err:  # a recognizer bug must not stop polling
             return [self._failed(err, raw)]
+        self.events += len(records)
+        return records
 
     def _failed(self, err: Exception, raw: Any) -> IngestDeadLetter:
         payload, context = self._describe(raw)
@@ -419,13 +462,23 @@ class DevicePipeline:
         """The recognizer's figures and the ingest error counts, for the status API."""
         figures = self.spec.figures(self.recognizer)
         figures["ingest_errors"] = self.errors.for_device(self.device)
+        figures["inputs"] = self.inputs_seen
+        figures["events"] = self.events
+        off = self.clock.offset_s
+        figures["clock_offset_s"] = None if off is None else round(off, 3)
         return figures
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """What the recognizer has seen that a site engineer should see now."""
-        if self.spec.alerts is None:
-            return []
-        return self.spec.alerts(self.device, self.recognizer)
+        out = [] if self.spec.alerts is None else self.spec.alerts(self.device, self.recognizer)
+        off = self.clock.skewed()
+        if off is not None:
+            ahead = "behind" if off > 0 else "ahead of"
+            out.append(Alert("clock_skew", f"device:{self.device}",
+                             f"device {self.device}'s clock is {abs(off):.0f} s {ahead} the "
+                             "gateway's: event times are off (check NTP on both)",
+                             figures={"clock_offset_s": round(off, 1)}))
+        return out
 
 
 class DriverIngest:

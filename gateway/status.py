@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import ipaddress
 import re
-from importlib import resources
 from typing import Any, Protocol
 
 import structlog
@@ -29,7 +28,9 @@ from gateway.config import StatusConfig
 from gateway.core.config import read_secret
 from gateway.core.records import DeadLetter, dead_letter_json
 from gateway.core.snapshot import GatewaySnapshot
-from gateway.metrics import render_metrics
+from gateway.history import History
+from gateway.metrics import CONTENT_TYPE, render_metrics
+from gateway.status_page import add_page_routes
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,8 @@ class StatusSource(Protocol):
     ready: asyncio.Event
     #: True once shutdown began.
     stopping: bool
+    #: The last hour of rates (the page's charts).
+    history: History
 
     def snapshot(self) -> GatewaySnapshot:
         """Everything the status page and metrics show."""
@@ -103,8 +106,8 @@ async def api_status(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics."""
-    return web.Response(text=render_metrics(_source(request).snapshot()),
-                        content_type="text/plain", charset="utf-8")
+    return web.Response(body=render_metrics(_source(request).snapshot()).encode(),
+                        headers={"Content-Type": CONTENT_TYPE})
 
 
 def is_loopback_host(host: str) -> bool:
@@ -264,18 +267,12 @@ async def discard(request: web.Request) -> web.Response:
     return web.json_response({"discarded": n})
 
 
-async def page(request: web.Request) -> web.Response:
-    """The status page."""
-    page = resources.files("gateway").joinpath("static/status.html").read_text("utf-8")
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
-
-
 def make_app(source: StatusSource, cfg: StatusConfig) -> web.Application:
     """The aiohttp application."""
     app = web.Application()
     app[SOURCE_KEY] = source
     app[CONFIG_KEY] = cfg
-    app.router.add_get("/", page)
+    add_page_routes(app, lambda: source.history.to_json())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/status", api_status)

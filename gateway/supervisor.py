@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
 from gateway.core.throttle import LogThrottle
 
@@ -183,21 +184,27 @@ class Supervisor:
         """Write the held-back ``task_failed`` counts whose interval has elapsed."""
         self._throttle.flush()
 
-    def alerts(self) -> list[str]:
-        """One line per task that failed and has not yet stayed up for ``stable_s``."""
+    def alerts(self) -> list[Alert]:
+        """One alert per task that failed and has not yet stayed up for ``stable_s``."""
+        return [Alert("task_failed", f"task:{name}", text, detail=self.tasks[name].last_error)
+                for name, text in self.alert_lines()]
+
+    def alert_lines(self) -> list[tuple[str, str]]:
+        """(task, line) per task that failed and has not yet stayed up for ``stable_s``."""
         now = self._clock()
-        out: list[str] = []
+        out: list[tuple[str, str]] = []
         for st in self.tasks.values():
             if not st.restarts:
                 continue
             head = (f"task {st.name} failed ({st.last_error}); "
                     f"restarted {st.restarts} time{'s' if st.restarts != 1 else ''}")
             if st.state == "restarting" and st.next_try_at is not None:
-                out.append(f"{head}, next try in {max(0.0, st.next_try_at - now):.1f} s")
+                wait = max(0.0, st.next_try_at - now)
+                out.append((st.name, f"{head}, next try in {wait:.1f} s"))
             elif st.state == "running" and now - st.started < self.stable_s:
-                out.append(f"{head}, running again for {now - st.started:.1f} s")
+                out.append((st.name, f"{head}, running again for {now - st.started:.1f} s"))
             elif st.state == "stopped":
-                out.append(f"{head}, not restarted (stopping)")
+                out.append((st.name, f"{head}, not restarted (stopping)"))
         return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:

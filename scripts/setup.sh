@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Prepare a machine to run the gateway, its demo and its tests.
-# Idempotent: installs Debian's mosquitto when missing (needs root or sudo)
-# and creates/updates the project's virtual environment in ./.venv.
+# Idempotent: installs Debian's mosquitto (the broker tests and the demo),
+# chromium (the status page's browser tests, driven by Playwright) and
+# prometheus (promtool checks the documented alert rules) when missing (needs
+# root or sudo), and creates/updates the project's virtual environment in ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     need_apt+=(mosquitto)
+fi
+if [ ! -x /usr/bin/chromium ]; then
+    need_apt+=(chromium)
+fi
+if [ ! -x /usr/bin/promtool ]; then
+    need_apt+=(prometheus)
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     need_apt+=(python3-venv)

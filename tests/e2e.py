@@ -68,3 +68,8 @@ def read_ids_by_scanner(wms: WmsSimulator) -> dict[str, list[int]]:
         if ev["type"] == "scan":
             out.setdefault(ev["device"], []).append(int(ev["data"]["read_id"]))
     return out
+
+
+def alert_messages(status: dict[str, Any]) -> list[str]:
+    """The messages of ``/api/status`` → ``alerts``."""
+    return [a["message"] for a in status["alerts"]]

@@ -101,7 +101,7 @@ async def test_exception_responses_are_device_errors_logged_once(
         await wait_until(lambda: drv.polls >= 2, 10, "first polls")
         sim[1].exception.code, sim[1].exception.count, sim[1].exception.function = 2, -1, 4
         await wait_until(lambda: sum(drv.exceptions.values()) >= 4, 10, "several failed polls")
-        assert drv.alerts() == [
+        assert [a.message for a in drv.alerts()] == [
             "device conveyor-01 unavailable: 0x02 ILLEGAL DATA ADDRESS reading input 0..21"]
         assert drv.snapshot()["conveyor-01"]["connected"] is False
         sim[1].exception.count = 0
@@ -112,7 +112,7 @@ async def test_exception_responses_are_device_errors_logged_once(
     assert len(back) == 1 and back[0]["device"] == "conveyor-01"
     assert drv.exceptions == {"0x02 ILLEGAL DATA ADDRESS": drv.exceptions[
         "0x02 ILLEGAL DATA ADDRESS"]}
-    assert drv.alerts() == []
+    assert [a.message for a in drv.alerts()] == []
     assert drv.connects == 1, "an exception response must not cost the connection"
 
 
@@ -184,7 +184,8 @@ async def test_unreachable_device_is_one_alert_and_polling_waits_for_the_store(
         await wait_until(lambda: h.driver.failures >= 4, 10, "several attempts")
     await h.stop()
     assert len(logged(logs, "device_unavailable")) == 1
-    assert h.driver.alerts()[0].startswith("device conveyor-01 unavailable: cannot connect to")
+    assert h.driver.alerts()[0].message.startswith(
+        "device conveyor-01 unavailable: cannot connect to")
 
     # Backpressure: with the committer stopped, the driver waits in append and polls no more.
     h2 = Harness(tmp_path / "2", sim[1].port)

@@ -188,7 +188,7 @@ async def test_server_without_event_history_runs_live_only_without_flapping(
         off = logged(logs, "opcua_history_unavailable")
         assert [(e["device"], e["source"], e["status"]) for e in off] == [
             (DEVICE, "ns=2;s=Sorter", "BadHistoryOperationInvalid")]
-        assert drv.alerts() == [
+        assert [a.message for a in drv.alerts()] == [
             f"OPC UA device {DEVICE}: catch-up after reconnect is off for this server: "
             "it keeps no event history (ns=2;s=Sorter: BadHistoryOperationInvalid)"]
         assert drv.availability.available

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from asyncua.crypto import cert_gen
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from e2e import start, wait_until
+from e2e import alert_messages, start, wait_until
 from test_gateway_e2e_opcua import DEVICE, device, expected_ids, gateway, scans_logged
 
 from simulators.harness.sorter import SorterProcess
@@ -69,7 +69,7 @@ async def test_sign_and_encrypt_with_user_delivers_and_wrong_password_alerts(
         assert "BadUserAccessDenied" in refused["last_error"]
         assert refused["sessions"] == 0
         assert any("sorter-wrong-password" in a and "BadUserAccessDenied" in a
-                   for a in status["alerts"])
+                   for a in alert_messages(status))
         logged = [e for e in gw.log_events("device_unavailable")
                   if e["device"] == "sorter-wrong-password"]
         assert len(logged) == 1, "a refused login is logged once, not per retry"

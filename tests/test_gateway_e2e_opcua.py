@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
-from e2e import delivered, start, wait_until
+from e2e import alert_messages, delivered, start, wait_until
 
 from gateway.core.events import make_event_id
 from simulators.broker import free_port
@@ -141,7 +141,7 @@ async def test_simulator_killed_and_restarted_mid_stream_loses_and_repeats_nothi
         before = sorter.read_counters()
         await wait_until(lambda: not gw.status()["devices"][DEVICE]["connected"], 10,
                          "the gateway notices the server is gone")
-        assert any(DEVICE in a for a in gw.status()["alerts"])
+        assert any(DEVICE in a for a in alert_messages(gw.status()))
         await asyncio.to_thread(sorter.start)
         await wait_until(lambda: gw.status()["devices"][DEVICE]["connected"], 15, "reconnect")
         # What the restarted sorter fired before the gateway was back came from its history.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from e2e import delivered, site, start, wait_until
+from e2e import alert_messages, delivered, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.core.events import format_time, make_event_id
@@ -164,7 +164,7 @@ async def test_killed_amr_last_will_becomes_an_exception(
         assert all(e["priority"] == "exception" and e["device"] == FLEET for e in broken())
         status = gw.status()
         assert status["devices"][FLEET]["vehicles"] == {"connection_broken": 2}
-        assert any("2 AMR(s) with a broken connection" in a for a in status["alerts"])
+        assert any("2 AMR(s) with a broken connection" in a for a in alert_messages(status))
         assert len(gw.log_events("amr_connection_broken")) == 2
         # The retained will is read again after a gateway restart: same ids, no new events.
         await asyncio.to_thread(gw.stop)

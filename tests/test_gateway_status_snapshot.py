@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from e2e import wait_until
+from e2e import alert_messages, wait_until
 
 from buffer.store import Store
 from gateway.alerts import RejectionWatch
@@ -66,7 +66,7 @@ def test_rejection_watch_needs_every_message_of_a_minimum_sample() -> None:
     watch.observe({"scan-01": (20, 20), "scan-02": (31, 30)})
     assert watch.rejecting_all("scan-01")
     assert not watch.rejecting_all("scan-02")
-    assert watch.alerts() == [
+    assert [a.message for a in watch.alerts()] == [
         "device scan-01: all 20 messages of the last 60 s were rejected as ingest dead "
         "letters (payload format or mapping wrong?); list them with "
         "GET /api/dead-letters?kind=ingest"]
@@ -92,7 +92,7 @@ def test_rejection_alert_covers_the_last_window_only() -> None:
     clock.now += 61
     watch.observe({"scan-01": (50, 49)})
     assert not watch.rejecting_all("scan-01")
-    assert watch.alerts() == []
+    assert [a.message for a in watch.alerts()] == []
 
 
 def test_rejection_watch_refuses_a_nonsense_window() -> None:
@@ -100,7 +100,7 @@ def test_rejection_watch_refuses_a_nonsense_window() -> None:
         RejectionWatch(window_s=0)
 
 
-@pytest.mark.parametrize("module", ["status.py", "metrics.py"])
+@pytest.mark.parametrize("module", ["status.py", "metrics.py", "status_page.py"])
 def test_presentation_does_not_import_the_process(module: str) -> None:
     tree = ast.parse((ROOT / "gateway" / module).read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -179,15 +179,15 @@ async def test_a_device_rejecting_everything_is_an_alert_and_a_metric(
         async def poll() -> None:
             while True:
                 seen.update(await status())
-                if any(a.startswith("device scan-01:") for a in seen["alerts"]):
+                if any(a.startswith("device scan-01:") for a in alert_messages(seen)):
                     return
                 await asyncio.sleep(0.2)
 
         async with asyncio.timeout(15):
             await poll()
-        alert = next(a for a in seen["alerts"] if a.startswith("device scan-01:"))
+        alert = next(a for a in alert_messages(seen) if a.startswith("device scan-01:"))
         assert "all 25 messages of the last 60 s were rejected" in alert
-        assert not any(a.startswith("device scan-02:") for a in seen["alerts"]), seen["alerts"]
+        assert not any(a.startswith("device scan-02:") for a in alert_messages(seen)), seen
         assert seen["devices"]["scan-01"]["rejecting_all"] is True
         assert seen["devices"]["scan-02"]["rejecting_all"] is False
         assert seen["devices"]["scan-01"]["ingest_errors"] == {"not_json": 25}
@@ -239,10 +239,41 @@ async def test_snapshot_is_typed_and_api_keeps_its_keys(
         assert snap.sinks["wms"].forwarder is not None
         doc = json.loads(await get(gw, "/api/status"))
     assert set(doc) == {"site", "pid", "uptime_s", "ready", "alerts", "devices", "sinks",
-                        "store", "committer", "tasks", "unrouted_messages", "rss_bytes"}
+                        "store", "committer", "tasks", "unrouted_messages", "rss_bytes",
+                        "summary", "started_at"}
     sink = doc["sinks"]["wms"]
     for key in ("type", "url", "state", "alert", "delivered", "cursor", "events_delivered",
                 "dead_letters", "sink_reported_dead_letters", "batches", "backlog_events"):
         assert key in sink, key
     assert doc["committer"]["full"] is False
     assert doc["tasks"]["status"]["state"] == "running"
+
+
+async def test_page_files_history_and_metrics_content_type(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    gw = Gateway(config(tmp_path, broker))
+    base = f"http://127.0.0.1:{gw.cfg.status.port}"
+    async with running(gw), aiohttp.ClientSession() as s:
+        for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"),
+                           ("/static/status.css", "text/css"),
+                           ("/favicon.ico", "image/svg+xml")):
+            async with s.get(base + path) as r:
+                assert (r.status, r.content_type) == (200, kind), path
+                assert len(await r.read()) > 100
+        page = await get(gw, "/")
+        assert "http://" not in page and "https://" not in page  # nothing from outside
+        async with s.get(base + "/static/../app.py") as r:
+            assert r.status == 404
+        async with s.get(base + "/static/secret.txt") as r:
+            assert r.status == 404
+        async with s.get(base + "/metrics") as r:
+            assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        # Nothing to deliver yet: no alert, and a history of zero rates to draw.
+        await wait_until(lambda: len(gw.history) >= 3, 15, "three history samples")
+        doc = json.loads(await get(gw, "/api/history"))
+        assert doc["interval_s"] == 2.0 and len(doc["t"]) >= 2
+        assert set(doc["sinks"]) == {"wms"} and len(doc["sinks"]["wms"]["backlog"]) == len(doc["t"])
+        status = json.loads(await get(gw, "/api/status"))
+    assert status["summary"]["state"] == "ok" and status["alerts"] == []
+    assert status["sinks"]["wms"]["rate_out_per_s"] == 0.0

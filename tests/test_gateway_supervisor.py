@@ -17,13 +17,14 @@ from typing import Any, cast
 import aiohttp
 import pytest
 import structlog
-from e2e import connect_fleet, publish, wait_until
+from e2e import alert_messages, connect_fleet, publish, wait_until
 
 from buffer.lock import StoreLocked
 from buffer.service import Committer, StoreService
 from buffer.store import Store
 from gateway.app import Gateway, GatewayFailed, StartupError
 from gateway.config import GatewayConfig, parse_config
+from gateway.core.alert import Alert
 from gateway.core.events import Event
 from gateway.core.records import Row, SinkDeadLetter
 from gateway.supervisor import Supervisor
@@ -97,7 +98,7 @@ class CrashingDriver:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         return []
 
     def ready(self) -> bool:
@@ -167,7 +168,8 @@ async def test_failing_sink_is_restarted_while_ingest_and_other_sink_go_on(
                 "TypeError: unsupported operand")
             assert tasks["forwarder-wms"]["restarts"] == 0
             assert tasks["committer"]["restarts"] == 0
-            alerts = [a for a in snap["alerts"] if a.startswith("task forwarder-flaky failed")]
+            alerts = [a for a in alert_messages(snap)
+                      if a.startswith("task forwarder-flaky failed")]
             assert len(alerts) == 1, snap["alerts"]
             assert "(TypeError: unsupported operand" in alerts[0]
             assert "restarted" in alerts[0]
@@ -198,7 +200,7 @@ async def test_failing_sink_is_restarted_while_ingest_and_other_sink_go_on(
             dls = await gw.service.call(store.dead_letters, sink="flaky", kind="sink",
                                         limit=10, after_id=0)
             assert [d.event_id for d in dls] == [flaky.rejected]
-            await wait_until(lambda: not any(a.startswith("task forwarder-flaky")
+            await wait_until(lambda: not any(a.message.startswith("task forwarder-flaky")
                                              for a in gw.snapshot().alerts),
                              10, "the alert to clear once the task stays up")
     failed = [e for e in logs if e["event"] == "task_failed" and e["task"] == "forwarder-flaky"]

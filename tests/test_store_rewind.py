@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from e2e import alert_messages
 from waiting import ManualClock as FakeClock
 
 from buffer.highwater import REWIND_SEQ_MARGIN, sidecar_path
@@ -268,7 +269,7 @@ async def test_gateway_alerts_after_sigkill_and_deleted_wal(
         assert report["wal_frames_lost"] > 0  # the -shm the crash left says so too
         opened = report["opened_at_seq"]
         assert opened < mark
-        (alert,) = [a for a in status["alerts"] if "rewound" in a]
+        (alert,) = [a for a in alert_messages(status) if "rewound" in a]
         assert f"opened at seq {opened}," in alert
         assert f"high-water mark is {mark};" in alert
         assert f"seq resumes at {mark + REWIND_SEQ_MARGIN + 1}" in alert

@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import structlog
-from e2e import site, start, wait_until
+from e2e import alert_messages, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from waiting import ManualClock as Clock
 
@@ -121,8 +121,8 @@ async def test_clash_is_named_counted_throttled_and_the_link_recovers(
                 assert error is not None
                 assert f"same client id '{CLIENT_ID}'" in error, error
                 assert "session taken over" in error and "two gateways or clients" in error
-                assert any(f"broker site: {error}" in a for a in alerts), alerts
-                assert "take-over(s) so far" in alerts[-1]
+                assert any(f"broker site: {error}" in a.message for a in alerts), alerts
+                assert "take-over(s) so far" in alerts[-1].message
                 # One warning however often it flaps (the clock stands still);
                 # only the silent drops before the pattern shows are logged as outages.
                 taken = events(logs, "mqtt_session_taken_over")
@@ -250,7 +250,8 @@ async def test_reason_code_0x8e_is_named_at_once() -> None:
                 assert error is not None and error.startswith(
                     "the broker closed this connection because another client connected with "
                     f"the same client id '{CLIENT_ID}' (session taken over)"), error
-                assert link.alerts() == [f"broker site: {link.takeover.alert()}"]
+                assert [a.message for a in link.alerts()] == [
+                    f"broker site: {link.takeover.alert()}"]
     taken = events(logs, "mqtt_session_taken_over")
     assert [e["evidence"] for e in taken] == ["reason_code"]  # the second is held back
     assert events(logs, "mqtt_unavailable") == []
@@ -329,7 +330,7 @@ async def test_gateway_status_names_the_clash_of_drivers_and_sink(
             status = await asyncio.to_thread(gw.status)
             metrics = await asyncio.to_thread(gw.metrics)
         for cid in ids.values():
-            assert any(f"same client id '{cid}'" in a for a in status["alerts"]), (
+            assert any(f"same client id '{cid}'" in a for a in alert_messages(status)), (
                 cid, status["alerts"])
             assert f'wh_mqtt_session_takeovers_total{{client_id="{cid}"}}' in metrics
         for dev in ("scan-01", "amr-fleet"):

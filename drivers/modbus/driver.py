@@ -49,6 +49,7 @@ from drivers.modbus.registers import (
     split_at_gaps,
 )
 from gateway.core.aio import raise_if_cancelling
+from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
@@ -159,15 +160,21 @@ class ModbusDriver:
         """Polling drivers have no gateway-side link: always ready."""
         return True
 
-    def alerts(self) -> list[str]:
-        """The device being unavailable, or its PLC program no longer running."""
+    def alerts(self) -> list[Alert]:
+        """The device unavailable, its PLC program no longer running, an open jam or fault."""
         out = []
         a = self.availability
+        subject = f"device:{self.device.id}"
         if not a.available and a.last_error is not None:  # not while first connecting
-            out.append(f"device {self.device.id} unavailable: {a.last_error}")
+            out.append(Alert("device_unavailable", subject,
+                             f"device {self.device.id} unavailable: {a.last_error}",
+                             since=a.down_since, detail=a.last_error))
         elif self.heartbeat_stale:
-            out.append(f"device {self.device.id}: heartbeat {self._heartbeat!r} has not changed "
-                       f"for {self.device.heartbeat_timeout:g}s (PLC program stopped?)")
+            out.append(Alert("device_heartbeat_stale", subject,
+                             f"device {self.device.id}: heartbeat {self._heartbeat!r} has not "
+                             f"changed for {self.device.heartbeat_timeout:g}s "
+                             "(PLC program stopped?)"))
+        out.extend(self.pipe.alerts())
         return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
@@ -187,7 +194,8 @@ class ModbusDriver:
             "connects": self.connects,
             "failures": self.failures,
             "polls": self.polls,
-            "messages": self.polls,
+            # Polls in which a watched point changed (the inputs of its recognizer).
+            "messages": figures["inputs"],
             "requests": self.requests,
             "requests_per_poll": len(self.blocks),
             "points_per_poll": self.points_per_poll,

@@ -26,6 +26,7 @@ import structlog
 
 from drivers.mqtt.config import MqttDevice, ScannerFields
 from drivers.mqtt_link_driver import MqttLinkDriver, session_of
+from gateway.core.alert import Alert
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal, parse_time
 from gateway.core.protocols import DeviceIngest, DriverContext
@@ -224,9 +225,12 @@ class MqttDriver(MqttLinkDriver):
 
 
 
-    def alerts(self) -> list[str]:
-        """The broker being unreachable; another client using this client id."""
-        return self.link.alerts()
+    def alerts(self) -> list[Alert]:
+        """The broker being unreachable; another client using this client id; skewed clocks."""
+        out = self.link.alerts()
+        for route in self._routes():
+            out.extend(route.ingest.alerts())
+        return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-device figures for the status API."""

@@ -63,6 +63,7 @@ from drivers.opcua.decode import (
 from drivers.opcua.history import NoEventHistory, read_event_history
 from drivers.opcua.subscription import RawSubscription, parse_node_id, subscribe
 from gateway.core.aio import raise_if_cancelling
+from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
@@ -175,16 +176,22 @@ class OpcuaDriver:
         """Always: a device being unavailable is an alert, not gateway unreadiness."""
         return True
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """The device being unreachable; catch-up being off for a server without history."""
         out = []
-        if not self.availability.available:
-            out.append(f"OPC UA device {self.device.id} unavailable: "
-                       f"{self.availability.last_error or 'not connected yet'}")
+        subject = f"device:{self.device.id}"
+        a = self.availability
+        if not a.available:
+            out.append(Alert("device_unavailable", subject,
+                             f"OPC UA device {self.device.id} unavailable: "
+                             f"{a.last_error or 'not connected yet'}",
+                             since=a.down_since, detail=a.last_error))
         off = [f"{r.cfg.source}: {r.no_history}" for r in self._events if r.no_history]
         if off:
-            out.append(f"OPC UA device {self.device.id}: catch-up after reconnect is off for "
-                       f"this server: it keeps no event history ({'; '.join(off)})")
+            out.append(Alert("device_no_history", subject,
+                             f"OPC UA device {self.device.id}: catch-up after reconnect is off "
+                             f"for this server: it keeps no event history ({'; '.join(off)})"))
+        out.extend(self.pipe.alerts())
         return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
@@ -200,6 +207,8 @@ class OpcuaDriver:
             "last_error": self.availability.last_error,
             "sessions": self.sessions,
             "outages": self.availability.outages,
+            # Notifications and events that reached its recognizer.
+            "messages": figures["inputs"],
             "notifications": self.notifications,
             "events_received": self.events_received,
             "history_events": self.history_events,

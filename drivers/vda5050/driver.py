@@ -31,6 +31,7 @@ import structlog
 from drivers.mqtt_link_driver import MqttLinkDriver, session_of
 from drivers.vda5050.config import Vda5050Device
 from drivers.vda5050.ingest import INGEST_VIEWS, decode
+from gateway.core.alert import Alert
 from gateway.core.errors import IngestError
 from gateway.core.protocols import DeviceIngest, DriverContext
 from gateway.transport.config import BrokerConfig
@@ -155,7 +156,7 @@ class Vda5050Driver(MqttLinkDriver):
     # -- driver protocol ------------------------------------------------------------------
 
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """The broker unreachable or our client id taken over; broken vehicle links."""
         out = self.link.alerts()
         for fleet in self._fleets:

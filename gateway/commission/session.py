@@ -81,7 +81,7 @@ def _state(driver: Driver, device: str) -> tuple[bool, str]:
         return True, ""
     alerts = driver.alerts()
     error = (figures.get("last_error") or figures.get("broker_error")
-             or ("; ".join(alerts) if alerts else "not connected yet"))
+             or ("; ".join(a.message for a in alerts) if alerts else "not connected yet"))
     return False, str(error)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from gateway.core.alert import Alert
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
 from gateway.core.records import IngestDeadLetter, Record, Row, SinkDeadLetter
@@ -30,7 +31,7 @@ class Driver(Protocol):
         """Per-device figures for the status API, keyed by device id."""
         ...
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """Problems a site engineer should see now (e.g. a device unavailable)."""
         ...
 
@@ -172,7 +173,7 @@ class DeviceIngest(Protocol):
         """The recognizer's figures and the ingest error counts, for the status API."""
         ...
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """What the recognizer has seen that a site engineer should see now."""
         ...
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.alert import Alert
+
 
 def count_of(value: object) -> int:
     """A message count: a number, or the sum of a per-topic table of numbers."""
@@ -40,6 +42,8 @@ class DeviceSnapshot:
     rejecting_all: bool
     #: The driver's figures as it reported them (``/api/status`` → ``devices.<id>``).
     details: Mapping[str, Any]
+    #: Events its recognizer made since start (before the store drops repeats).
+    events: int = 0
 
     @classmethod
     def from_driver(cls, device: str, details: Mapping[str, Any],
@@ -49,7 +53,8 @@ class DeviceSnapshot:
         return cls(
             id=device,
             connected=bool(details.get("connected")),
-            messages=count_of(details.get("messages", 0)),
+            messages=count_of(details.get("messages", details.get("inputs", 0))),
+            events=count_of(details.get("events", 0)),
             ingest_errors={str(k): int(v) for k, v in errors.items()},
             rejecting_all=rejecting_all,
             details=details,
@@ -94,10 +99,18 @@ class SinkSnapshot:
     backlog_events: int | None
     #: The sink's figures as it reported them.
     details: Mapping[str, Any]
+    #: Wall time the oldest event after the cursor was committed (None: nothing waits).
+    oldest_pending_at: float | None = None
+    #: Its age at the snapshot, seconds.
+    oldest_undelivered_age_s: float | None = None
+    #: Events per second the forwarder moved past lately (None: not known yet).
+    rate_out_per_s: float | None = None
+    #: Seconds until the backlog is gone at the current rates (None: not draining).
+    drain_estimate_s: float | None = None
 
     @classmethod
     def build(cls, sink: str, details: Mapping[str, Any], forwarder: ForwarderSnapshot | None,
-              backlog_events: int | None) -> SinkSnapshot:
+              backlog_events: int | None, **figures: Any) -> SinkSnapshot:
         """Build from a sink's report, its forwarder's counts and the store's backlog."""
         own = details.get("dead_letters")
         return cls(
@@ -110,6 +123,7 @@ class SinkSnapshot:
             forwarder=forwarder,
             backlog_events=backlog_events,
             details=details,
+            **figures,
         )
 
     @property
@@ -132,6 +146,9 @@ class SinkSnapshot:
                        dead_letters=f.dead_letters, batches=f.batches,
                        last_batch_at=f.last_batch_at)
         out["backlog_events"] = self.backlog_events
+        out["oldest_undelivered_age_s"] = self.oldest_undelivered_age_s
+        out["rate_out_per_s"] = self.rate_out_per_s
+        out["drain_estimate_s"] = self.drain_estimate_s
         return out
 
 
@@ -153,6 +170,8 @@ class StoreSnapshot:
     counters: Mapping[str, int] = field(default_factory=dict)
     #: Events after each sink's cursor (upper bound).
     backlog: Mapping[str, int] = field(default_factory=dict)
+    #: Sink -> commit time of the oldest event after its cursor (None: nothing waits).
+    oldest_pending: Mapping[str, float | None] = field(default_factory=dict)
     open_report: Mapping[str, Any] = field(default_factory=dict)
     #: Everything ``Store.stats`` returned (``/api/status`` → ``store``).
     stats: Mapping[str, Any] = field(default_factory=dict)
@@ -173,6 +192,7 @@ class StoreSnapshot:
             dead_letters=dict(stats.get("dead_letters") or {}),
             counters=dict(stats.get("counters") or {}),
             backlog=dict(stats.get("backlog") or {}),
+            oldest_pending=dict(stats.get("oldest_pending") or {}),
             open_report=dict(stats.get("open_report") or {}),
             stats=stats,
         )
@@ -238,7 +258,7 @@ class GatewaySnapshot:
     pid: int
     uptime_s: float
     ready: bool
-    alerts: tuple[str, ...]
+    alerts: tuple[Alert, ...]
     devices: Mapping[str, DeviceSnapshot]
     sinks: Mapping[str, SinkSnapshot]
     store: StoreSnapshot
@@ -246,6 +266,10 @@ class GatewaySnapshot:
     tasks: Mapping[str, TaskSnapshot]
     unrouted_messages: int = 0
     rss_bytes: int = 0
+    #: Wall time the process started.
+    started_at: float = 0.0
+    #: Whether the gateway is serving normally, and the one line that says so.
+    summary: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``/api/status`` document."""
@@ -254,7 +278,9 @@ class GatewaySnapshot:
             "pid": self.pid,
             "uptime_s": self.uptime_s,
             "ready": self.ready,
-            "alerts": list(self.alerts),
+            "summary": dict(self.summary),
+            "started_at": self.started_at,
+            "alerts": [a.to_json() for a in self.alerts],
             "devices": {k: v.to_json() for k, v in self.devices.items()},
             "sinks": {k: v.to_json() for k, v in self.sinks.items()},
             "store": dict(self.store.stats),

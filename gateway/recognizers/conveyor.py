@@ -115,6 +115,8 @@ class ConveyorRecognizer:
     tracking_seq: int | None = None
     fault_count: int | None = None
     open_fault: tuple[int, str, int | None, int | None] | None = None
+    #: Receive time of the poll that first saw the open fault (None: none open).
+    open_since: float | None = None
     lost_moves: int = 0
     _state_count: int | None = None
     _counters: dict[str, _Counter] = field(default_factory=dict)
@@ -134,6 +136,7 @@ class ConveyorRecognizer:
             # A new boot: every count and sequence starts again; look afresh.
             self.tracking_seq = self.fault_count = self._state_count = None
             self.open_fault = None
+            self.open_since = None
             self._counters.clear()
         self.boot = boot
         t = receive_time
@@ -209,11 +212,14 @@ class ConveyorRecognizer:
         elif opened is not None and opened[0] == count and not active:
             out.append(self._clear(t, boot, count, opened[1], opened[2], opened[3]))
         if active and count > 0:
+            if opened is None or opened[0] != count:
+                self.open_since = t
             if opened is None or opened[0] != count or opened[2] is None:
                 opened = (count, self._reason(code), code, zone)
             self.open_fault = opened
         else:
             self.open_fault = None
+            self.open_since = None
         self.fault_count = count
         return out
 

@@ -104,9 +104,16 @@ class HttpSinkStats:
     protocol_errors: int = 0
     unknown_rejects: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
+    #: Status of the last reply; None when the last attempt got none (refused, timed out).
     last_status: int | None = None
+    #: The last failure in plain words, and as the library reported it.
     last_error: str | None = None
+    last_error_raw: str | None = None
     last_success: float | None = None
+    #: Wall time of the first failure since the last success (None while delivering).
+    down_since: float | None = None
+    #: Request bodies sent, in bytes (resends included).
+    bytes_sent: int = 0
 
 
 def batch_key(rows: list[Row]) -> str:
@@ -171,6 +178,29 @@ def sample(data: bytes | str, limit: int = SAMPLE_CHARS) -> str:
     clean = "".join(c if c.isprintable() else " " for c in head)
     clean = " ".join(clean.split())
     return clean[:limit] + "…" if len(text) > limit else clean
+
+
+def plain_error(err: BaseException, timeout: float) -> str:
+    """A transport failure in plain words (``ClientConnectorError`` names ``ssl:default``
+    even for a plain-http URL; an operator wants "cannot connect ... connection refused")."""
+    if isinstance(err, aiohttp.ClientConnectorError):
+        os_err = err.os_error
+        why = {111: "connection refused", 113: "no route to host", 101: "network unreachable",
+               110: "connection timed out"}.get(os_err.errno or 0)
+        if why is None:
+            why = os_err.strerror or str(os_err) or type(os_err).__name__
+            if isinstance(os_err, OSError) and "Name or service" in str(os_err):
+                why = "host name not found"
+        return f"cannot connect to {err.host}:{err.port}: {why}"
+    if isinstance(err, TimeoutError):
+        return f"no reply within {timeout:g} s"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection before replying"
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return "the reply was cut off"
+    if isinstance(err, aiohttp.ClientOSError):
+        return f"connection failed: {err.strerror or err}"
+    return f"{type(err).__name__}: {err}"
 
 
 def _coerce_reason(value: Any) -> str:
@@ -358,10 +388,12 @@ class HttpSink:
             auth = self._authorization()
             if auth is not None:
                 headers["Authorization"] = auth
+            self.stats.bytes_sent += len(body)
             try:
                 reply = await self._exchange(body, headers)
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                self._transient(f"{type(err).__name__}: {err}", None, None)
+                self._transient(plain_error(err, self.cfg.timeout), None, None,
+                                raw=f"{type(err).__name__}: {err}")
                 continue
             if isinstance(reply, _SinkError):
                 self._sink_error(reply)
@@ -572,15 +604,22 @@ class HttpSink:
         self.paused_protocol = None
         self._sink_errors.clear()
         self._backoff.reset()
-        self.stats.last_error = None
+        self.stats.last_error = self.stats.last_error_raw = None
         self.stats.last_success = self._wall()
+        self.stats.down_since = None
 
     def _transient(
-        self, error: str, status: int | None, retry_after: str | None, date: str | None = None
+        self, error: str, status: int | None, retry_after: str | None, date: str | None = None,
+        *, raw: str | None = None,
     ) -> None:
         self.stats.failures += 1
         self.stats.retries += 1
         self.stats.last_error = error
+        self.stats.last_error_raw = raw or error
+        if status is None:
+            self.stats.last_status = None  # no reply: the last one's status is history
+        if self.stats.down_since is None:
+            self.stats.down_since = self._wall()
         delay = self._backoff.next()
         ra = parse_retry_after(retry_after, self._wall(), date)
         if ra is not None:
@@ -603,7 +642,9 @@ class HttpSink:
                       token_file=str(self.cfg.token_file) if self.cfg.token_file else None,
                       action="paused; fix the token file, delivery resumes by itself")
         self.paused_auth = f"HTTP {status}: upstream refused the credentials"
-        self.stats.last_error = self.paused_auth
+        self.stats.last_error = self.stats.last_error_raw = self.paused_auth
+        if self.stats.down_since is None:
+            self.stats.down_since = self._wall()
         self._auth_stamp = self._token_file_stamp()
         self._auth_paused_at = self._clock()
 
@@ -646,6 +687,9 @@ class HttpSink:
             "retry_in_s": round(max(0.0, self.not_before - now), 3),
             "last_status": s.last_status,
             "last_error": s.last_error,
+            "last_error_raw": s.last_error_raw,
             "last_success": s.last_success,
+            "down_since": s.down_since,
+            "bytes_sent": s.bytes_sent,
             "status_counts": {str(k): v for k, v in s.status_counts.items()},
         }

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.core.aio import raise_if_cancelling
+from gateway.core.alert import Alert
 from gateway.core.backoff import Backoff
 from gateway.core.config import read_secret
 from gateway.core.throttle import LogThrottle
@@ -398,16 +399,22 @@ class MqttLink:
         """Connection losses attributed to another client using this client id."""
         return self.takeover.takeovers
 
-    def alerts(self) -> list[str]:
+    def alerts(self) -> list[Alert]:
         """Status-page alerts: the broker unavailable, a recent client-id clash."""
-        out: list[str] = []
+        out: list[Alert] = []
         clash = self.takeover.alert()
+        subject = f"broker:{self.broker.id}"
         # Down because of the take-over itself: the clash alert says it all.
         down_for_the_clash = clash is not None and self._last_error == self.takeover.message()
         if not self.connected.is_set() and not down_for_the_clash:
-            out.append(f"broker {self.broker.id} unavailable: {self.last_error}")
+            out.append(Alert("broker_unavailable", subject,
+                             f"broker {self.broker.id} unavailable: {self.last_error}",
+                             detail=self.last_error))
         if clash is not None:
-            out.append(f"broker {self.broker.id}: {clash}")
+            out.append(Alert("mqtt_client_id_clash", f"mqtt-client:{self.client_id}",
+                             f"broker {self.broker.id}: {clash}",
+                             figures={"client_id": self.client_id,
+                                      "takeovers": self.takeover.takeovers}))
         return out
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
