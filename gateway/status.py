@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog

@@ -15,6 +15,9 @@ from typing import Protocol
 import structlog
 
 from simulators import amr, conveyor, scanners, site, sorter, wms
+from simulators.vendor import plc as vendor_plc
+from simulators.vendor import scanner as vendor_scanner
+from simulators.vendor import sorter as vendor_sorter
 
 
 class SimulatorCommand(Protocol):
@@ -34,6 +37,9 @@ SIMULATORS: dict[str, SimulatorCommand] = {
     "amr": amr,
     "conveyor": conveyor,
     "site": site,
+    "vendor-sorter": vendor_sorter,
+    "vendor-plc": vendor_plc,
+    "vendor-scanner": vendor_scanner,
 }
 
 

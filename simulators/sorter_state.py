@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from asyncua import ua
 from asyncua.common.events import Event
@@ -152,6 +152,16 @@ class SorterState:
 EventBuilder = Callable[[LogRecord], Event]
 
 
+class EventLog(Protocol):
+    """Where ``LogHistory`` reads a device's events (``SorterState`` or another device's log)."""
+
+    def read(self, source: str | None = None, start_us: int | None = None,
+             end_us: int | None = None, limit: int | None = None,
+             descending: bool = False) -> list[LogRecord]:
+        """Logged events (of one source), by time; bounds are inclusive."""
+        ...
+
+
 class LogHistory(HistoryStorageInterface):
     """OPC UA event history answered from the device's own log.
 
@@ -160,7 +170,7 @@ class LogHistory(HistoryStorageInterface):
     time: the continuation point is the time of the first event not returned.
     """
 
-    def __init__(self, state: SorterState, sources: dict[ua.NodeId, str],
+    def __init__(self, state: EventLog, sources: dict[ua.NodeId, str],
                  build: EventBuilder, max_page: int = 1000) -> None:
         super().__init__(max_history_data_response_size=max_page)
         self._state = state
