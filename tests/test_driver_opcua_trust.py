@@ -42,15 +42,16 @@ async def test_unknown_server_certificate_is_rejected_until_moved_to_trusted(
         await asyncio.to_thread(sorter.start)
         await start(gw)
 
-        def untrusted() -> str | None:
-            alerts = gw.status()["alerts"]
-            return next((a for a in alerts if DEVICE in a and "is not trusted" in a), None)
+        def untrusted() -> dict[str, str] | None:
+            alerts = [a for a in gw.status()["alerts"] if DEVICE in a["message"]]
+            return next((a for a in alerts if "is not trusted" in a["message"]), None)
 
         alert = await wait_until(untrusted, 20, "the untrusted-certificate alert")
         rejected = sorted((trust / "rejected").iterdir())
         assert len(rejected) == 1, rejected
         server_der = (tmp_path / "server-certs" / "server_cert.der").read_bytes()
         assert rejected[0].read_bytes() == server_der
+        alert = alert["message"]
         assert str(rejected[0]) in alert and f"move that file to {trust / 'trusted'}/" in alert
         assert gw.status()["devices"][DEVICE]["connected"] is False
         assert not wms.events, "nothing may flow before the certificate is trusted"
@@ -68,7 +69,7 @@ async def test_unknown_server_certificate_is_rejected_until_moved_to_trusted(
         await wait_until(lambda: ours() >= want, 20, "every event over Aes256_Sha256_RsaPss")
         status = gw.status()
         assert status["devices"][DEVICE]["security"] == "Aes256_Sha256_RsaPss/SignAndEncrypt"
-        assert not any(DEVICE in a for a in status["alerts"]), status["alerts"]
+        assert not any(DEVICE in a["message"] for a in status["alerts"]), status["alerts"]
 
 
 async def test_aes128_sign_with_password_works_and_warns(tmp_path: Path,
@@ -90,7 +91,7 @@ async def test_aes128_sign_with_password_works_and_warns(tmp_path: Path,
         ours = lambda: {r["event"]["event_id"] for r in wms.events  # noqa: E731
                         if r["event"]["device"] == SIGNED}
         await wait_until(lambda: ours() >= want, 20, "every event over Aes128_Sha256_RsaOaep")
-        alerts = [a for a in gw.status()["alerts"] if SIGNED in a]
+        alerts = [a["message"] for a in gw.status()["alerts"] if SIGNED in a["message"]]
         assert len(alerts) == 1 and "crosses a channel that is not encrypted" in alerts[0], alerts
         warned = gw.log_events("opcua_security_warning")
         assert len(warned) == 1 and warned[0]["device"] == SIGNED

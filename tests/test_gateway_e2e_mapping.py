@@ -130,10 +130,10 @@ async def test_json_device_business_fields_typed_and_mapping_health(
         last = h3["last_rejected"]["unmapped_value"]
         assert last["reason"] == "unmapped_value: field 'item.uom' value 'PAL' is not mapped"
         assert '"uom": "PAL"' in last["sample"]
-        await wait_until(lambda: any("device pack-4: all 25 messages" in a
+        await wait_until(lambda: any("device pack-4: all 25 messages" in a["message"]
                                      for a in gw.status()["alerts"]), 20,
                          "the all-rejected alert for pack-4")
-        assert not any("pack-3" in a for a in gw.status()["alerts"])
+        assert not any("pack-3" in a["message"] for a in gw.status()["alerts"])
         items = await asyncio.to_thread(_ingest_dead_letters, gw.status_url)
         assert len(items) == 26
         reasons = {d["reason"] for d in items if d["device"] == "pack-4"}

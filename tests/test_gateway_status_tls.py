@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -45,6 +46,23 @@ class Source:
         items = [DeadLetter(i, "sink", "wms", None, f"ev-{i}", "pick", "422: bad",
                             f'{{"n":{i}}}'.encode(), {}, 0.0) for i in (1, 2)]
         return [d for d in items if d.id > after_id][:limit]
+
+    async def with_store(self, fn: Any) -> Any:
+        """Run ``fn`` on a real store holding two ingest dead letters (the operator routes)."""
+        import tempfile
+
+        from buffer.store import Store
+        from gateway.core.records import IngestDeadLetter
+
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store(Path(tmp) / "buffer.db", max_bytes=64 * 1024**2)
+            try:
+                store.append([[IngestDeadLetter(device="scan-01", reason="not_json: test",
+                                                payload=f'{{"n":{i}}}'.encode(), context={})]
+                              for i in (1, 2)])
+                return fn(store)
+            finally:
+                store.close()
 
     async def replay_dead_letters(self, ids: list[int]) -> int:
         return 0
