@@ -20,6 +20,9 @@ Invariants of this module (store invariants 1, 4, 5, 6 and 9):
   oldest are evicted to keep all dead letters within
   ``dead_letter_max_bytes``; sink dead letters are never evicted, only
   reported (``check_dead_letter_budget``).
+* Recognizer notes (``RecognizerNote``) are written in the same transaction
+  as the events of the units committed, in unit order (the last note of a key
+  wins, ``None`` deletes), and never count against ``max_bytes``.
 * Every eviction, drop and duplicate is counted in ``counters`` in the same
   transaction, and so is each accepted event in the day's tallies
   (``buffer.ledger``).
@@ -44,7 +47,7 @@ import structlog
 from buffer import ledger
 from buffer.schema import ROW_OVERHEAD, bump, min_cursor
 from gateway.core.events import Event, Priority
-from gateway.core.records import IngestDeadLetter, Record
+from gateway.core.records import IngestDeadLetter, RecognizerNote, Record
 
 log = structlog.get_logger(__name__)
 
@@ -142,11 +145,12 @@ def admit(
     freed_total = 0
     events: list[EventRow] = []
     dead: list[DeadRow] = []
+    notes: dict[tuple[str, str], bytes | None] = {}
     total = sum(_size(r) for unit in units for r in unit)
     if used + total <= max_bytes:
         # Fast path, the common case: everything fits.
         for unit in units:
-            _to_rows(unit, now, events, dead)
+            _to_rows(unit, now, events, dead, notes)
         used += total
         result.units_committed = len(units)
     else:
@@ -168,7 +172,7 @@ def admit(
                     break
                 result.dropped_telemetry += dropped
                 unit = kept
-            _to_rows(unit, now, events, dead)
+            _to_rows(unit, now, events, dead, notes)
             used += need
             result.units_committed += 1
     fresh: list[EventRow] = []
@@ -192,6 +196,8 @@ def admit(
             dead,
         )
     result.dead_letters = len(dead)
+    if notes:
+        _write_notes(conn, notes, now)
     added_dead = sum(len(d[3]) + ROW_OVERHEAD for d in dead)
     evicted_dead, freed_dead = (
         evict_ingest_dead_letters(conn, dead_letter_bytes + added_dead, dead_letter_max_bytes)
@@ -333,14 +339,29 @@ def _is_telemetry(r: Record) -> bool:
 
 
 def _to_rows(unit: Sequence[Record], now: float, events: list[EventRow],
-             dead: list[DeadRow]) -> None:
-    """Append one unit's records as table rows."""
+             dead: list[DeadRow], notes: dict[tuple[str, str], bytes | None]) -> None:
+    """Append one unit's records as table rows (notes: the last one of a key wins)."""
     for r in unit:
         if isinstance(r, Event):
             events.append((r.event_id, r.type, int(r.priority), r.device, now, r.body))
+        elif isinstance(r, RecognizerNote):
+            notes.pop((r.device, r.key), None)
+            notes[(r.device, r.key)] = r.value
         else:
             dead.append((r.device, r.reason, "ingest", r.payload,
                          msgpack.packb(r.context, default=str), now))
+
+
+def _write_notes(conn: sqlite3.Connection, notes: dict[tuple[str, str], bytes | None],
+                 now: float) -> None:
+    """Upsert the notes with a value, delete those without."""
+    conn.executemany(
+        "INSERT INTO notes(device, key, value, updated) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(device, key) DO UPDATE SET value = excluded.value, "
+        "updated = excluded.updated",
+        [(d, k, v, now) for (d, k), v in notes.items() if v is not None])
+    conn.executemany("DELETE FROM notes WHERE device = ? AND key = ?",
+                     [(d, k) for (d, k), v in notes.items() if v is None])
 
 
 _INSERT_ROWS: Final = 500

@@ -19,6 +19,8 @@ Invariants of this module:
 * Schema migration is additive: version 2 only adds tables (``audit``,
   ``discarded``, ``tallies``), so a version 1 file opens as it is, gains them
   and is marked version 2; no existing row is rewritten.
+* Version 3 adds ``notes`` (``RecognizerNote``: a recognizer's unfinished
+  business, one row per device and key), again only a new table.
 * Counters are only ever incremented (``bump``) inside the transaction whose
   effect they count, so they are exactly as durable as that effect.
 
@@ -33,8 +35,8 @@ from typing import Final, Literal
 
 #: 1: events, cursors, dead letters, counters. 2: the audit trail, the archive of
 #: discarded dead letters and the daily tallies (added to a version 1 file as it
-#: opens; nothing in it changes).
-SCHEMA_VERSION: Final = 2
+#: opens; nothing in it changes). 3: recognizer notes (added the same way).
+SCHEMA_VERSION: Final = 3
 #: Bytes counted per row on top of its body: the row header, the other
 #: columns and b-tree slack. Deliberately generous (a row of this schema
 #: carries about 70 bytes besides its body), so capacity errs on the safe side.
@@ -110,6 +112,13 @@ CREATE TABLE IF NOT EXISTS tallies (
     name TEXT NOT NULL,
     n INTEGER NOT NULL,
     PRIMARY KEY (day, type, sink, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notes (
+    device TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (device, key)
 ) WITHOUT ROWID;
 """
 

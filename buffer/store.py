@@ -563,6 +563,11 @@ class Store:
 
     # -- stats ------------------------------------------------------------------------
 
+    def notes(self, device: str) -> dict[str, bytes]:
+        """The recognizer notes of ``device`` (``RecognizerNote``), by key."""
+        return {str(k): bytes(v) for k, v in self._conn.execute(
+            "SELECT key, value FROM notes WHERE device = ? ORDER BY updated, key", (device,))}
+
     def counters(self) -> dict[str, int]:
         """Counters that survive restarts (evictions, duplicates, dead letters...)."""
         # The high-water mark shares the table (it survives salvage) but is not a count.

@@ -46,6 +46,7 @@ from gateway.core.snapshot import (
 )
 from gateway.forwarder import Forwarder
 from gateway.history import History, Sample
+from gateway.ingest import restore_notes
 from gateway.supervisor import Supervisor, describe
 
 T = TypeVar("T")
@@ -192,6 +193,9 @@ class Gateway:
             log.error("store_recovered_from_corruption", moved_to=report.moved_to,
                       salvaged_events=report.salvaged_events, reason=report.reason)
         cursors = await self.service.call(store.register_sinks, [s.id for s in self.sinks])
+        notes = await restore_notes(self.drivers, lambda dev: self.service.call(store.notes, dev))
+        if notes:
+            log.info("recognizer_notes_restored", notes=notes)
         self.forwarders = [Forwarder(s, self.service, cursors[s.id]) for s in self.sinks]
         status = None
         if self.cfg.status.enabled:

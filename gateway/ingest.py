@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,25 +168,37 @@ def _amr(site: str, dev: Any) -> AmrRecognizer:
     return _Fleet(site=site, device=dev.id, pick_actions=frozenset(dev.pick_actions),
                   drop_actions=frozenset(dev.drop_actions),
                   station_parameter=dev.station_parameter, load_parameter=dev.load_parameter,
-                  max_vehicles=dev.max_vehicles)
+                  max_vehicles=dev.max_vehicles, battery_low=dev.battery_levels()[0],
+                  battery_clear=dev.battery_levels()[1])
 
 
 def _amr_figures(rec: AmrRecognizer) -> dict[str, Any]:
     return {"vehicles": rec.connection_counts(), "connection_broken": rec.broken()[:20],
             "state_gaps": rec.state_gaps, "header_resets": rec.header_resets,
-            "unclassified_actions": rec.unclassified, "evicted_vehicles": rec.evicted_vehicles}
+            "unclassified_actions": rec.unclassified, "evicted_vehicles": rec.evicted_vehicles,
+            "carrying": rec.carrying(),
+            "open_conditions": dict(list(rec.open_conditions().items())[:20])}
+
+
+def _names(vehicles: Sequence[str]) -> str:
+    extra = len(vehicles) - _ALERT_NAMES
+    return ", ".join(vehicles[:_ALERT_NAMES]) + (f" and {extra} more" if extra > 0 else "")
 
 
 def _amr_alerts(device: str, rec: AmrRecognizer) -> list[Alert]:
+    out: list[Alert] = []
     broken = rec.broken()
-    if not broken:
-        return []
-    names = ", ".join(broken[:_ALERT_NAMES])
-    extra = len(broken) - _ALERT_NAMES
-    more = f" and {extra} more" if extra > 0 else ""
-    return [Alert("amr_connection_broken", f"device:{device}",
-                  f"fleet {device}: {len(broken)} AMR(s) with a broken connection: {names}{more}",
-                  figures={"vehicles": broken[:20]})]
+    if broken:
+        out.append(Alert("amr_connection_broken", f"device:{device}",
+                         f"fleet {device}: {len(broken)} AMR(s) with a broken connection: "
+                         f"{_names(broken)}", figures={"vehicles": broken[:20]}))
+    stopped = sorted(rec.open_conditions())
+    if stopped:
+        out.append(Alert("amr_condition", f"device:{device}:conditions",
+                         f"fleet {device}: {len(stopped)} AMR(s) with an open e-stop, field "
+                         f"violation, FATAL error or low battery: {_names(stopped)}",
+                         figures={"vehicles": stopped[:20]}))
+    return out
 
 
 def _conveyor(site: str, device: Any) -> ConveyorRecognizer:
@@ -515,3 +527,25 @@ class DriverIngest:
         """Write held-back ingest error counts periodically, until cancelled."""
         await self.errors.flush_every()
 
+
+
+async def restore_notes(drivers: Iterable[object],
+                        read: Callable[[str], Awaitable[Mapping[str, bytes]]]) -> int:
+    """Hand each recognizer that keeps notes (``RecognizerNote``) its device's notes back.
+
+    Called at start, before any driver runs; returns how many notes were restored.
+    """
+    restored = 0
+    for driver in drivers:
+        ingest = getattr(driver, "ingest", None)
+        if not isinstance(ingest, DriverIngest):
+            continue
+        for device, pipe in ingest.pipelines.items():
+            restore = getattr(pipe.recognizer, "restore", None)
+            if restore is None:
+                continue
+            notes = await read(device)
+            if notes:
+                restore(notes)
+                restored += len(notes)
+    return restored

@@ -225,6 +225,14 @@ def _delete(*keys: str | int) -> Mutation:
     return mutate
 
 
+def _fleet(**keys: Any) -> Mutation:
+    """Device 0 becomes an AMR fleet with ``keys``."""
+    def mutate(doc: dict[str, Any], _folder: Path) -> None:
+        doc["devices"][0] = {"id": "amr-fleet", "driver": "vda5050", "broker": "site", **keys}
+
+    return mutate
+
+
 def _duplicate_id(section: str) -> Mutation:
     def mutate(doc: dict[str, Any], _folder: Path) -> None:
         doc[section][1]["id"] = doc[section][0]["id"]
@@ -369,6 +377,18 @@ ERROR_CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "password-without-username": (
         _password_without_username,
         ("brokers[0]", "password_file is set but username is not"),
+    ),
+    "amr-battery-low-out-of-range": (
+        _fleet(battery_low=120),
+        ("devices[0].battery_low", "less than or equal to 100"),
+    ),
+    "amr-battery-clear-not-above-low": (
+        _fleet(battery_low=20, battery_clear=15),
+        ("devices[0].battery_clear", "must be above battery_low (20)"),
+    ),
+    "amr-battery-clear-without-low": (
+        _fleet(battery_clear=30),
+        ("devices[0].battery_clear", "needs battery_low"),
     ),
 }
 

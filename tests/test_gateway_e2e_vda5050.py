@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from e2e import alert_messages, delivered, site, start, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.core.events import format_time, make_event_id
+from gateway.core.events import format_time, make_event_id, parse_time
 from simulators.broker import MosquittoBroker
 from simulators.harness.gateway import GatewayProcess
 from simulators.harness.process import ChildProcess
@@ -51,9 +51,28 @@ class Master:
     def __init__(self, broker: MosquittoBroker) -> None:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5)
+        self.states: dict[str, dict[str, Any]] = {}
+        self.client.on_message = self._state
         self.client.connect(broker.host, broker.port)
+        self.client.subscribe(f"uagv/v2/{M}/+/state", 0)
         self.client.loop_start()
         self.header = 0
+
+    def _state(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        doc = json.loads(msg.payload)
+        self.states[doc["serialNumber"]] = doc
+
+    def status(self, serial: str, action_id: str) -> str | None:
+        """The status of an action in the vehicle's last state."""
+        for a in self.states.get(serial, {}).get("actionStates", []):
+            if a["actionId"] == action_id:
+                return str(a["actionStatus"])
+        return None
+
+    def idle(self, serial: str) -> bool:
+        """No action of the vehicle's last state is waiting or running."""
+        return all(a["actionStatus"] in ("FINISHED", "FAILED")
+                   for a in self.states.get(serial, {}).get("actionStates", []))
 
     def send(self, serial: str, topic: str, body: dict[str, Any]) -> None:
         self.header += 1
@@ -96,7 +115,14 @@ def online(gw: GatewayProcess) -> int:
     return count
 
 
-async def test_orders_become_exactly_the_expected_pick_and_move_events(
+def moves(wms: WmsSimulator) -> dict[str, tuple[Any, ...]]:
+    return {ev["event_id"]: (ev["data"]["vehicle"], ev["data"]["container"], ev["data"]["from"],
+                             ev["data"]["to"], ev["data"]["picked_at"] is not None,
+                             ev["correlation_id"])
+            for ev in events(wms, "move")}
+
+
+async def test_orders_become_exactly_the_expected_move_events(
         tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
     cfg = site(tmp_path, broker, wms, scanners=0, devices=[fleet_device()])
     serials = ["AMR-0001", "AMR-0002", "AMR-0003"]
@@ -108,34 +134,27 @@ async def test_orders_become_exactly_the_expected_pick_and_move_events(
         for i, serial in enumerate(serials):
             oid, load = f"ORD-{i}", f"TOTE-{i}"
             master.send(serial, "order", pick_drop_order(oid, load))
-            want[action_event_id(serial, oid, f"{oid}-p")] = ("pick", serial, load, "ST-05")
-            want[action_event_id(serial, oid, f"{oid}-d")] = ("move", serial, load, "ST-05",
-                                                             "DOCK-2")
+            want[action_event_id(serial, oid, f"{oid}-d")] = (serial, load, "ST-05", "DOCK-2",
+                                                              True, f"container:{load}")
         await wait_until(lambda: len(events(wms, "move")) == 3, 20, "3 moves at the WMS")
-        # An instant pick then drop where the vehicle stands (ST-10).
+        # An instant pickup then drop where the vehicle stands (ST-10).
         master.send("AMR-0001", "instantActions",
                     {"actions": [act("IA-1", "pick", loadId="TOTE-X", stationName="BUF-1")]})
-        await wait_until(lambda: len(events(wms, "pick")) == 4, 10, "the instant pick")
+        await wait_until(lambda: master.status("AMR-0001", "IA-1") == "FINISHED", 10,
+                         "the instant pickup finished", 0.05)
+        await wait_until(lambda: master.idle("AMR-0001"), 10, "AMR-0001 idle", 0.05)
         master.send("AMR-0001", "instantActions", {"actions": [act("IA-2", "drop")]})
         await wait_until(lambda: len(events(wms, "move")) == 4, 10, "the instant drop")
-        want[action_event_id("AMR-0001", "ORD-0", "IA-1")] = ("pick", "AMR-0001", "TOTE-X",
-                                                              "BUF-1")
-        want[action_event_id("AMR-0001", "ORD-0", "IA-2")] = ("move", "AMR-0001", "TOTE-X",
-                                                              "BUF-1", "ST-10")
+        want[action_event_id("AMR-0001", "ORD-0", "IA-2")] = ("AMR-0001", "TOTE-X", "BUF-1",
+                                                              "ST-10", True, "container:TOTE-X")
         master.close()
         # Periodic states keep listing the finished actions: nothing more may come.
         seen = gw.status()["devices"][FLEET]["messages"]["state"]
         await wait_until(lambda: gw.status()["devices"][FLEET]["messages"]["state"] >= seen + 6,
                          10, "more periodic states")
-        got: dict[str, tuple[Any, ...]] = {}
-        for ev in events(wms, "pick", "move"):
-            d = ev["data"]
-            if ev["type"] == "pick":
-                got[ev["event_id"]] = ("pick", d["amr"], d["load"], d["station"])
-            else:
-                got[ev["event_id"]] = ("move", d["amr"], d["load"], d["from"], d["to"])
-        assert got == want
-        assert len(events(wms, "pick", "move")) == len(want)
+        assert moves(wms) == want
+        assert len(events(wms, "move")) == len(want)
+        assert events(wms, "pick") == []  # loading a tote is not an inventory pick
         assert events(wms, "exception") == []
         statuses = [(e["data"]["amr"], e["data"]["status"]) for e in events(wms, "device_status")]
         assert sorted(statuses) == [(s, "online") for s in serials]
@@ -144,6 +163,48 @@ async def test_orders_become_exactly_the_expected_pick_and_move_events(
         await wait_until(lambda: len(events(wms, "device_status")) == 6, 10, "3 OFFLINE")
         assert events(wms, "exception") == []
         assert gw.status()["alerts"] == []
+
+
+async def test_gateway_killed_mid_carry_reports_the_whole_move(
+        tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> None:
+    cfg = site(tmp_path, broker, wms, scanners=0, devices=[fleet_device()])
+    # 5 m/s: the 30 m from ST-05 to ST-16 take 6 s, the gateway is down for part of them.
+    with GatewayProcess(cfg) as gw, simulator(broker, tmp_path, "--count", "1",
+                                              "--speed", "5") as _sim:
+        await start(gw)
+        await wait_until(lambda: online(gw) == 1, 20, "the AMR online at the gateway")
+        master = Master(broker)
+        order = pick_drop_order("ORD-K", "TOTE-K")
+        order["nodes"] = order["nodes"][1:]
+        order["nodes"][1]["nodeId"] = "ST-16"
+        order["edges"] = [{"edgeId": "e1", "sequenceId": 1, "released": True,
+                           "startNodeId": "ST-05", "endNodeId": "ST-16", "actions": []}]
+        for i, node in enumerate(order["nodes"]):
+            node["sequenceId"] = 2 * i
+        master.send("AMR-0001", "order", order)
+        await wait_until(lambda: master.status("AMR-0001", "ORD-K-p") == "FINISHED", 20,
+                         "the pickup finished", 0.02)
+        picked_at = master.states["AMR-0001"]["timestamp"]  # the first state showing it
+        await wait_until(lambda: gw.status()["devices"][FLEET]["carrying"] == 1, 5,
+                         "the gateway saw the pickup", 0.02)
+        await asyncio.sleep(0.3)  # its group commit
+        assert master.status("AMR-0001", "ORD-K-d") != "FINISHED", "dropped too early"
+        await asyncio.to_thread(gw.kill)  # SIGKILL while the tote is carried
+        await asyncio.sleep(0.5)
+        await start(gw)
+        assert any(e["notes"] == 1 for e in gw.log_events("recognizer_notes_restored"))
+        assert master.status("AMR-0001", "ORD-K-d") != "FINISHED", "dropped while it was down"
+        await wait_until(lambda: len(events(wms, "move")) == 1, 20, "the move at the WMS")
+        master.close()
+        move = events(wms, "move")[0]
+        assert move["event_id"] == action_event_id("AMR-0001", "ORD-K", "ORD-K-d")
+        assert move["correlation_id"] == "container:TOTE-K"
+        assert {k: move["data"][k] for k in ("container", "from", "to", "picked_at", "vehicle",
+                                             "pick_action_id", "mapping")} == {
+            "container": "TOTE-K", "from": "ST-05", "to": "DOCK-2",
+            "picked_at": format_time(parse_time(picked_at)), "vehicle": "AMR-0001",
+            "pick_action_id": "ORD-K-p", "mapping": "order"}
+        assert events(wms, "pick") == [] and events(wms, "exception") == []
 
 
 async def test_killed_amr_last_will_becomes_an_exception(

@@ -9,6 +9,7 @@ import pytest
 
 from drivers.vda5050.ingest import decode
 from gateway.core.events import Event, format_time, make_event_id, parse_time
+from gateway.core.records import RecognizerNote
 from gateway.recognizers.amr import MAX_PLANNED_ACTIONS, AmrRecognizer, PlannedAction
 
 SITE, DEVICE, M, S = "DC-EAST-1", "amr-fleet", "Acme", "AMR-7"
@@ -41,7 +42,8 @@ def order(order_id: str, nodes: list[tuple[str, list[dict[str, Any]]]],
 def state(n: int, order_id: str, node: str, statuses: dict[str, str], *,
           loads: list[str] | None = None, errors: list[dict[str, Any]] | None = None,
           types: dict[str, str] | None = None, result: dict[str, str] | None = None,
-          serial: str = S) -> dict[str, Any]:
+          serial: str = S, battery: float = 80.0, estop: str = "NONE",
+          field_violation: bool = False) -> dict[str, Any]:
     types = types or {}
     result = result or {}
     acts = []
@@ -54,10 +56,10 @@ def state(n: int, order_id: str, node: str, statuses: dict[str, str], *,
         acts.append(a)
     doc = {**header(n, n * 1.0, serial), "orderId": order_id, "orderUpdateId": 0,
            "lastNodeId": node, "lastNodeSequenceId": 0, "nodeStates": [], "edgeStates": [],
-           "driving": False, "actionStates": acts, "batteryState": {"batteryCharge": 80,
-                                                                     "charging": False},
+           "driving": False, "actionStates": acts,
+           "batteryState": {"batteryCharge": battery, "charging": False},
            "operatingMode": "AUTOMATIC", "errors": errors or [],
-           "safetyState": {"eStop": "NONE", "fieldViolation": False}}
+           "safetyState": {"eStop": estop, "fieldViolation": field_violation}}
     if loads is not None:
         doc["loads"] = [{"loadId": x} for x in loads]
     return doc
@@ -68,20 +70,44 @@ def connection(n: int, st: str, t: float = 0.0) -> dict[str, Any]:
 
 
 class Amr:
-    """A recognizer fed through the driver's decoder, collecting events as dicts."""
+    """A recognizer fed through the driver's decoder, collecting events as dicts.
+
+    ``notes`` holds the recognizer notes as the store would (the last one of a
+    key wins, ``None`` deletes); ``restart`` is the gateway killed and started
+    again: a fresh recognizer given those notes back.
+    """
 
     def __init__(self, **kw: Any) -> None:
+        self.kw = kw
         self.rec = AmrRecognizer(site=SITE, device=DEVICE, **kw)
         self.events: list[Event] = []
+        self.notes: dict[str, bytes] = {}
 
     def feed(self, topic: str, doc: dict[str, Any],
              receive: float = 1000.0) -> list[dict[str, Any]]:
         sig = decode(topic, json.dumps(doc).encode(), doc["manufacturer"], doc["serialNumber"],
                      DEVICE, T0 + receive, 1 << 20)
         assert sig is not None
-        out = self.rec.feed(sig)
-        self.events += out
-        return [e.to_dict() for e in out]
+        out: list[dict[str, Any]] = []
+        for r in self.rec.feed(sig):
+            if isinstance(r, RecognizerNote):
+                assert r.device == DEVICE
+                if r.value is None:
+                    self.notes.pop(r.key, None)
+                else:
+                    self.notes[r.key] = r.value
+            else:
+                assert isinstance(r, Event)
+                self.events.append(r)
+                out.append(r.to_dict())
+        return out
+
+    def restart(self, *, keep_notes: bool = True) -> None:
+        self.rec = AmrRecognizer(site=SITE, device=DEVICE, **self.kw)
+        if keep_notes:
+            self.rec.restore(dict(self.notes))
+        else:
+            self.notes = {}
 
 
 def action_id(order_id: str, aid: str, failed: bool = False, serial: str = S) -> str:
@@ -93,10 +119,9 @@ def brief(evs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for e in evs:
         d = e["data"]
-        if e["type"] == "pick":
-            out.append(("pick", d["load"], d["station"], d["mapping"]))
-        elif e["type"] == "move":
-            out.append(("move", d["load"], d["from"], d["to"], d["mapping"]))
+        assert e["type"] != "pick", "an AMR loading a carton is not an inventory pick"
+        if e["type"] == "move":
+            out.append(("move", d["container"], d["from"], d["to"], d["mapping"]))
         elif e["type"] == "exception":
             out.append(("exception", d["reason"], d.get("action_id")))
         else:
@@ -108,23 +133,30 @@ PICK_DROP = [("ST-01", []), ("ST-02", [action("a1", "pick", loadId="TOTE-1")]),
              ("ST-03", [action("a2", "drop", loadId="TOTE-1")])]
 
 
-def test_pick_then_drop_from_the_order() -> None:
+def test_pickup_then_drop_is_one_move_with_all_fields() -> None:
     amr = Amr()
     assert amr.feed("order", order("o1", PICK_DROP)) == []
     assert amr.feed("state", state(1, "o1", "ST-01", {"a1": "WAITING", "a2": "WAITING"})) == []
     assert amr.feed("state", state(2, "o1", "ST-02", {"a1": "RUNNING", "a2": "WAITING"})) == []
-    picks = amr.feed("state", state(3, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"}))
-    assert brief(picks) == [("pick", "TOTE-1", "ST-02", "order")]
-    pick = picks[0]
-    assert pick["event_id"] == action_id("o1", "a1")
-    assert pick["occurred_at"] == format_time(T0 + 3)  # the state's own timestamp
-    assert pick["correlation_id"] == "load:TOTE-1"
-    assert pick["data"]["amr"] == S and pick["data"]["manufacturer"] == M
-    assert pick["data"]["order_id"] == "o1" and pick["data"]["action_type"] == "pick"
-    moves = amr.feed("state", state(4, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"}))
+    # The pickup is the start of the move: nothing upstream, the carry noted.
+    assert amr.feed("state", state(3, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"})) == []
+    assert list(amr.notes) == [f"vehicle:{M}/{S}"]
+    assert amr.feed("state", state(4, "o1", "ST-02", {"a1": "FINISHED", "a2": "RUNNING"})) == []
+    moves = amr.feed("state", state(5, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"}))
     assert brief(moves) == [("move", "TOTE-1", "ST-02", "ST-03", "order")]
-    assert moves[0]["event_id"] == action_id("o1", "a2")
+    move = moves[0]
+    assert move["event_id"] == action_id("o1", "a2")
+    assert move["occurred_at"] == format_time(T0 + 5)  # the drop state's own timestamp
+    assert move["correlation_id"] == "container:TOTE-1"
+    assert move["priority"] == "business"
+    assert move["data"] == {
+        "container": "TOTE-1", "from": "ST-02", "to": "ST-03",
+        "picked_at": format_time(T0 + 3), "pick_action_id": "a1", "vehicle": S,
+        "manufacturer": M, "order_id": "o1", "action_id": "a2", "action_type": "drop",
+        "mapping": "order"}
     assert amr.rec.state_gaps == 0
+    # Periodic states keep listing both actions: nothing more.
+    assert amr.feed("state", state(6, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"})) == []
 
 
 @pytest.mark.parametrize(("params", "nodes_or_edge", "want"), [
@@ -132,15 +164,18 @@ def test_pick_then_drop_from_the_order() -> None:
     ({"loadId": "T1"}, "node", "ST-02"),                               # else the node's id
     ({"loadId": "T1"}, "edge", "ST-01>ST-02"),                         # edge action: edge id
 ])
-def test_station_of_a_pick(params: dict[str, str], nodes_or_edge: str, want: str) -> None:
+def test_station_of_a_pickup(params: dict[str, str], nodes_or_edge: str, want: str) -> None:
     amr = Amr()
     pick = action("a1", "pick", **params)
+    drop = action("a2", "drop", loadId="T1")
     if nodes_or_edge == "node":
-        amr.feed("order", order("o1", [("ST-01", []), ("ST-02", [pick])]))
+        amr.feed("order", order("o1", [("ST-01", []), ("ST-02", [pick]), ("ST-04", [drop])]))
     else:
-        amr.feed("order", order("o1", [("ST-01", []), ("ST-02", [])], edge_actions=[pick]))
-    evs = amr.feed("state", state(1, "o1", "ST-09", {"a1": "FINISHED"}))
-    assert brief(evs) == [("pick", "T1", want, "order")]
+        amr.feed("order", order("o1", [("ST-01", []), ("ST-02", []), ("ST-04", [drop])],
+                                edge_actions=[pick]))
+    assert amr.feed("state", state(1, "o1", "ST-09", {"a1": "FINISHED"})) == []
+    evs = amr.feed("state", state(2, "o1", "ST-04", {"a1": "FINISHED", "a2": "FINISHED"}))
+    assert brief(evs) == [("move", "T1", want, "ST-04", "order")]
 
 
 def test_configured_action_types_and_parameters() -> None:
@@ -151,7 +186,7 @@ def test_configured_action_types_and_parameters() -> None:
                                    ("N3", [action("z", "pick")])]))
     evs = amr.feed("state", state(1, "o1", "N2", {"x": "FINISHED", "y": "FINISHED",
                                                   "z": "FINISHED"}))
-    assert brief(evs) == [("pick", "B-9", "D4", "order"), ("move", "B-9", "D4", "N2", "order")]
+    assert brief(evs) == [("move", "B-9", "D4", "N2", "order")]
     assert amr.rec.unclassified == 1  # "pick" is not a pick action here
 
 
@@ -169,9 +204,11 @@ def test_failed_action_is_an_exception_with_its_errors() -> None:
     d = evs[0]["data"]
     assert evs[0]["event_id"] == action_id("o1", "a1", failed=True)
     assert evs[0]["priority"] == "exception"
+    assert evs[0]["correlation_id"] == "container:TOTE-1"
     assert d["result_description"] == "pick failed: no load"
     assert d["errors"] == [{"type": "pickFailed", "level": "WARNING", "description": "no load"}]
-    assert d["load"] == "TOTE-1" and d["station"] == "ST-02"
+    assert d["container"] == "TOTE-1" and d["station"] == "ST-02" and "load" not in d
+    assert d["vehicle"] == d["amr"] == S
     # Without an error naming the action, all active errors are attached.
     evs = amr.feed("state", state(2, "o1", "ST-02", {"a1": "FAILED", "a2": "FAILED"},
                                   errors=errors[1:]))
@@ -184,34 +221,83 @@ def test_gap_in_header_ids_still_reports_what_finished_between() -> None:
     amr = Amr()
     amr.feed("order", order("o1", PICK_DROP))
     amr.feed("state", state(1, "o1", "ST-01", {"a1": "WAITING", "a2": "WAITING"}))
-    # States 2..6 lost (QoS 0): the pick and the drop both finished meanwhile.
+    # States 2..6 lost (QoS 0): the pickup and the drop both finished meanwhile.
     evs = amr.feed("state", state(7, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"}))
-    assert brief(evs) == [("pick", "TOTE-1", "ST-02", "order"),
-                          ("move", "TOTE-1", "ST-02", "ST-03", "order")]
+    assert brief(evs) == [("move", "TOTE-1", "ST-02", "ST-03", "order")]
+    # The first state showing the pickup finished dates it.
+    assert evs[0]["data"]["picked_at"] == format_time(T0 + 7)
     assert amr.rec.state_gaps == 5
 
 
 def test_repeated_finished_state_emits_nothing_more() -> None:
     amr = Amr()
     amr.feed("order", order("o1", PICK_DROP))
-    first = amr.feed("state", state(1, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"}))
+    first = amr.feed("state", state(1, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"}))
     assert len(first) == 1
-    assert amr.feed("state", state(1, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"})) == []
+    assert amr.feed("state", state(1, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"})) == []
     for n in range(2, 6):  # periodic states keep listing it
-        assert amr.feed("state", state(n, "o1", "ST-02", {"a1": "FINISHED",
-                                                          "a2": "RUNNING"})) == []
+        assert amr.feed("state", state(n, "o1", "ST-03", {"a1": "FINISHED",
+                                                          "a2": "FINISHED"})) == []
     # A vehicle that restarted its counter is noted, nothing re-emitted.
-    assert amr.feed("state", state(0, "o1", "ST-02", {"a1": "FINISHED", "a2": "RUNNING"})) == []
+    assert amr.feed("state", state(0, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"})) == []
     assert amr.rec.header_resets == 1
 
 
-def test_gateway_restart_rederives_the_same_ids() -> None:
+def test_gateway_restart_mid_carry_keeps_the_pickup() -> None:
+    amr = Amr()
+    amr.feed("order", order("o1", PICK_DROP))
+    amr.feed("state", state(1, "o1", "ST-02", {"a1": "RUNNING", "a2": "WAITING"},
+                            loads=[]))
+    amr.feed("state", state(2, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"},
+                            loads=["TOTE-1"]))
+    amr.restart()  # killed while carrying: every state before is gone
+    # The vehicle drove on; the first states after the restart show the pickup done
+    # (and, like many vehicles, no action types).
+    assert amr.feed("state", state(9, "o1", "ST-01", {"a1": "FINISHED", "a2": "RUNNING"},
+                                   loads=["TOTE-1"])) == []
+    evs = amr.feed("state", state(10, "o1", "ST-09", {"a1": "FINISHED", "a2": "FINISHED"},
+                                  loads=[]))
+    # The order's pickup and drop came back with the note: to is the order's ST-03.
+    assert brief(evs) == [("move", "TOTE-1", "ST-02", "ST-03", "order")]
+    assert evs[0]["data"]["picked_at"] == format_time(T0 + 2)  # the pickup's, not a later one
+    assert evs[0]["event_id"] == action_id("o1", "a2")
+    # Killed again after the drop: the move is not reported again (nor a worse one).
+    amr.restart()
+    assert amr.feed("state", state(11, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"},
+                                   loads=[])) == []
+    # The next order starts afresh; its carry is noted again.
+    amr.feed("state", state(12, "o2", "ST-03", {"b1": "FINISHED"}, types={"b1": "pick"},
+                            loads=["TOTE-2"]))
+    amr.restart()
+    evs = amr.feed("state", state(15, "o2", "ST-05", {"b1": "FINISHED", "b2": "FINISHED"},
+                                  types={"b1": "pick", "b2": "drop"}))
+    assert brief(evs) == [("move", "TOTE-2", "ST-03", "ST-05", "state")]
+    assert evs[0]["data"]["picked_at"] == format_time(T0 + 12)
+
+
+def test_drop_without_a_seen_pickup_after_a_restart() -> None:
+    # The gateway had no note (a new store, or the pickup happened while it was down).
+    amr = Amr()
+    evs = amr.feed("state", state(40, "o9", "ST-08", {"p": "FINISHED", "d": "FINISHED"},
+                                  types={"p": "pick", "d": "drop"}, loads=[]))
+    # Nothing tells which load or from where: the move says so (null), once.
+    assert brief(evs) == [("move", None, "ST-08", "ST-08", "state")]
+    assert evs[0]["data"]["picked_at"] == format_time(T0 + 40)
+    assert evs[0]["correlation_id"] is None
+    # With the order known, its pickup station and load are used.
+    amr = Amr()
+    amr.feed("order", order("o1", PICK_DROP))
+    evs = amr.feed("state", state(5, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"}))
+    assert brief(evs) == [("move", "TOTE-1", "ST-02", "ST-03", "order")]
+
+
+def test_fresh_recognizer_rederives_the_same_ids() -> None:
     evs = []
-    for _ in range(2):  # a fresh recognizer = the gateway after a restart
+    for _ in range(2):  # a fresh recognizer without notes = a gateway on a new store
         amr = Amr()
-        evs += amr.feed("state", state(9, "o1", "ST-02", {"a1": "FINISHED"},
-                                       types={"a1": "pick"}, loads=["TOTE-1"]))
-    assert len(evs) == 2 and evs[0]["event_id"] == evs[1]["event_id"] == action_id("o1", "a1")
+        evs += amr.feed("state", state(9, "o1", "ST-02", {"a1": "FINISHED", "a2": "FINISHED"},
+                                       types={"a1": "pick", "a2": "drop"}))
+    assert len(evs) == 2 and evs[0]["event_id"] == evs[1]["event_id"] == action_id("o1", "a2")
 
 
 def test_vda5050_3_spellings() -> None:
@@ -220,8 +306,9 @@ def test_vda5050_3_spellings() -> None:
     # PAUSED and RETRIABLE are not terminal: nothing yet.
     assert amr.feed("state", state(1, "o1", "ST-02", {"a1": "PAUSED", "a2": "WAITING"})) == []
     assert amr.feed("state", state(2, "o1", "ST-02", {"a1": "RETRIABLE", "a2": "WAITING"})) == []
-    evs = amr.feed("state", state(3, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"}))
-    assert brief(evs) == [("pick", "TOTE-1", "ST-02", "order")]
+    assert amr.rec.vehicles()[f"{M}/{S}"]["carrying"] == []
+    assert amr.feed("state", state(3, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"})) == []
+    assert amr.rec.vehicles()[f"{M}/{S}"]["carrying"] == ["TOTE-1"]
     evs = amr.feed("connection", connection(4, "CONNECTION_BROKEN"))
     assert brief(evs) == [("device_status", "connection_broken"),
                           ("exception", "amr_connection_broken", None)]
@@ -231,32 +318,29 @@ def test_vda5050_3_spellings() -> None:
 def test_order_seen_after_the_state_falls_back_to_the_state() -> None:
     amr = Amr()
     amr.feed("state", state(1, "o1", "ST-01", {"a1": "WAITING"}, types={"a1": "pick"}, loads=[]))
-    evs = amr.feed("state", state(2, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"},
-                                  types={"a1": "pick", "a2": "drop"}, loads=["TOTE-1"]))
-    assert brief(evs) == [("pick", "TOTE-1", "ST-02", "state")]
-    assert evs[0]["event_id"] == action_id("o1", "a1")  # same id as with the order
-    # The order arrives late: the pick is not reported again; the drop uses the order.
+    assert amr.feed("state", state(2, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"},
+                                   types={"a1": "pick", "a2": "drop"}, loads=["TOTE-1"])) == []
+    # The order arrives late: the pickup is not taken again; the drop uses the order.
     amr.feed("order", order("o1", PICK_DROP))
     assert amr.feed("state", state(3, "o1", "ST-02", {"a1": "FINISHED", "a2": "RUNNING"},
                                    loads=["TOTE-1"])) == []
     evs = amr.feed("state", state(4, "o1", "ST-03", {"a1": "FINISHED", "a2": "FINISHED"},
                                   loads=[]))
     assert brief(evs) == [("move", "TOTE-1", "ST-02", "ST-03", "order")]
+    assert evs[0]["data"]["picked_at"] == format_time(T0 + 2)
 
 
 def test_order_never_seen() -> None:
     amr = Amr()
-    # The gateway starts mid-order: the pick already finished; then the drop.
-    evs = amr.feed("state", state(40, "o9", "ST-05", {"p": "FINISHED", "d": "RUNNING"},
-                                  types={"p": "pick", "d": "drop"}, loads=["TOTE-5"]))
-    assert brief(evs) == [("pick", "TOTE-5", "ST-05", "state")]
+    # The gateway starts mid-order: the pickup already finished; then the drop.
+    assert amr.feed("state", state(40, "o9", "ST-05", {"p": "FINISHED", "d": "RUNNING"},
+                                   types={"p": "pick", "d": "drop"}, loads=["TOTE-5"])) == []
     evs = amr.feed("state", state(41, "o9", "ST-08", {"p": "FINISHED", "d": "FINISHED"},
                                   types={"p": "pick", "d": "drop"}, loads=[]))
     assert brief(evs) == [("move", "TOTE-5", "ST-05", "ST-08", "state")]
-    # A vehicle that reports neither loads nor action types: the station, no load.
-    evs = amr.feed("state", state(1, "o2", "ST-01", {"q": "FINISHED"}, types={"q": "pick"},
-                                  serial="AMR-8"))
-    assert brief(evs) == [("pick", None, "ST-01", "state")]
+    # A vehicle that reports neither loads nor action types: the stations, no load.
+    assert amr.feed("state", state(1, "o2", "ST-01", {"q": "FINISHED"}, types={"q": "pick"},
+                                   serial="AMR-8")) == []
     evs = amr.feed("state", state(2, "o2", "ST-04", {"q": "FINISHED", "r": "FINISHED"},
                                   types={"q": "pick", "r": "drop"}, serial="AMR-8"))
     assert brief(evs) == [("move", None, "ST-01", "ST-04", "state")]
@@ -270,11 +354,135 @@ def test_instant_actions_are_mapped() -> None:
     amr = Amr()
     amr.feed("instantActions", {**header(1), "actions": [
         action("i1", "pick", loadId="TOTE-3", stationName="BUF-1")]})
-    evs = amr.feed("state", state(1, "o1", "ST-04", {"i1": "FINISHED"}))
-    assert brief(evs) == [("pick", "TOTE-3", "BUF-1", "instant")]
+    assert amr.feed("state", state(1, "o1", "ST-04", {"i1": "FINISHED"})) == []
     amr.feed("instantActions", {**header(2), "actions": [action("i2", "drop", loadId="TOTE-3")]})
     evs = amr.feed("state", state(2, "o1", "ST-06", {"i1": "FINISHED", "i2": "FINISHED"}))
     assert brief(evs) == [("move", "TOTE-3", "BUF-1", "ST-06", "instant")]
+
+
+def cond_id(name: str, t: float, cleared: bool = False) -> str:
+    key = f"amr:{M}/{S}/{name}@{round((T0 + t) * 1000)}"
+    return make_event_id(SITE, DEVICE, key + (":cleared" if cleared else ""))
+
+
+def reasons(evs: list[dict[str, Any]]) -> list[str]:
+    assert all(e["type"] == "exception" and e["priority"] == "exception" for e in evs)
+    return [e["data"]["reason"] for e in evs]
+
+
+def test_estop_raised_and_cleared_two_estops_distinct() -> None:
+    amr = Amr()
+    assert amr.feed("state", state(1, "o", "ST-01", {})) == []
+    up = amr.feed("state", state(2, "o", "ST-01", {}, estop="MANUAL"))
+    assert reasons(up) == ["amr_estop"]
+    assert up[0]["event_id"] == cond_id("estop", 2)
+    assert up[0]["occurred_at"] == format_time(T0 + 2)
+    d = up[0]["data"]
+    assert (d["estop"], d["vehicle"], d["amr"], d["manufacturer"], d["header_id"],
+            d["station"], d["order_id"]) == ("MANUAL", S, S, M, 2, "ST-01", "o")
+    # Still pressed (another kind of stop too): no new event.
+    assert amr.feed("state", state(3, "o", "ST-01", {}, estop="MANUAL")) == []
+    assert amr.feed("state", state(4, "o", "ST-01", {}, estop="REMOTE")) == []
+    assert amr.rec.open_conditions() == {f"{M}/{S}": ["amr_estop"]}
+    down = amr.feed("state", state(5, "o", "ST-01", {}))
+    assert reasons(down) == ["amr_estop_cleared"]
+    assert down[0]["event_id"] == cond_id("estop", 2, cleared=True)
+    assert down[0]["data"]["raised_event_id"] == up[0]["event_id"]
+    assert down[0]["data"]["estop"] == "MANUAL" and down[0]["occurred_at"] == format_time(T0 + 5)
+    assert amr.rec.open_conditions() == {}
+    again = amr.feed("state", state(8, "o", "ST-01", {}, estop="AUTOACK"))
+    assert reasons(again) == ["amr_estop"] and again[0]["event_id"] == cond_id("estop", 8)
+    assert again[0]["event_id"] != up[0]["event_id"]
+
+
+def test_estop_open_across_a_gateway_restart() -> None:
+    amr = Amr()
+    assert reasons(amr.feed("state", state(2, "o", "ST-01", {}, estop="MANUAL"))) == ["amr_estop"]
+    amr.restart()
+    assert amr.feed("state", state(3, "o", "ST-01", {}, estop="MANUAL")) == []  # not again
+    down = amr.feed("state", state(4, "o", "ST-01", {}))
+    assert reasons(down) == ["amr_estop_cleared"]
+    assert down[0]["event_id"] == cond_id("estop", 2, cleared=True)  # the raise's own key
+    amr.restart()
+    assert amr.feed("state", state(5, "o", "ST-01", {})) == []
+    assert amr.notes == {}  # nothing open, nothing carried, nothing reported: no note
+
+
+def test_lost_raising_state_raises_with_the_next_state_showing_it() -> None:
+    amr = Amr()
+    amr.feed("state", state(1, "o", "ST-01", {}))
+    # States 2 (pressed) and 3 lost: state 4 still shows it and raises it.
+    up = amr.feed("state", state(4, "o", "ST-01", {}, estop="MANUAL"))
+    assert reasons(up) == ["amr_estop"] and up[0]["event_id"] == cond_id("estop", 4)
+    assert up[0]["data"]["header_id"] == 4
+    # Pressed and released between two received states: never seen, nothing raised.
+    amr.feed("state", state(5, "o", "ST-01", {}))
+    assert amr.feed("state", state(7, "o", "ST-01", {})) == []
+    # A state without safetyState says nothing about it: an open e-stop stays open.
+    amr.feed("state", state(8, "o", "ST-01", {}, estop="MANUAL"))
+    doc = state(9, "o", "ST-01", {})
+    del doc["safetyState"]
+    assert amr.feed("state", doc) == []
+    assert reasons(amr.feed("state", state(10, "o", "ST-01", {}))) == ["amr_estop_cleared"]
+
+
+def test_field_violation_raised_and_cleared() -> None:
+    amr = Amr()
+    up = amr.feed("state", state(1, "o", "ST-02", {}, field_violation=True))
+    assert reasons(up) == ["amr_field_violation"]
+    assert up[0]["event_id"] == cond_id("field_violation", 1)
+    assert amr.feed("state", state(2, "o", "ST-02", {}, field_violation=True)) == []
+    both = amr.feed("state", state(3, "o", "ST-02", {}, estop="MANUAL"))
+    assert reasons(both) == ["amr_estop", "amr_field_violation_cleared"]
+
+
+def test_fatal_error_raised_and_cleared_not_for_a_failed_action() -> None:
+    amr = Amr()
+    fatal = {"errorType": "motorFault", "errorLevel": "FATAL",
+             "errorDescription": "drive motor overcurrent",
+             "errorReferences": [{"referenceKey": "nodeId", "referenceValue": "ST-02"}]}
+    warning = {"errorType": "lowSpeed", "errorLevel": "WARNING"}
+    up = amr.feed("state", state(1, "o", "ST-02", {}, errors=[fatal, warning]))
+    assert reasons(up) == ["amr_fatal_error"]
+    d = up[0]["data"]
+    assert (d["error_type"], d["description"], d["references"]) == (
+        "motorFault", "drive motor overcurrent", {"nodeId": "ST-02"})
+    assert up[0]["event_id"] == cond_id("fatal:motorFault[nodeId=ST-02]", 1)
+    assert amr.feed("state", state(2, "o", "ST-02", {}, errors=[warning, fatal])) == []
+    down = amr.feed("state", state(3, "o", "ST-02", {}, errors=[warning]))
+    assert reasons(down) == ["amr_fatal_error_cleared"]
+    assert down[0]["data"]["error_type"] == "motorFault"
+    # A FATAL error of a failed action is that action's amr_action_failed, not another.
+    tied = {"errorType": "pickFailed", "errorLevel": "FATAL",
+            "errorReferences": [{"referenceKey": "actionId", "referenceValue": "a1"}]}
+    evs = amr.feed("state", state(4, "o", "ST-02", {"a1": "FAILED"}, types={"a1": "pick"},
+                                  errors=[tied]))
+    assert brief(evs) == [("exception", "amr_action_failed", "a1")]
+
+
+def test_battery_low_once_per_crossing_with_hysteresis() -> None:
+    amr = Amr(battery_low=20.0, battery_clear=30.0)
+    assert amr.feed("state", state(1, "o", "ST-01", {}, battery=21.0)) == []
+    low = amr.feed("state", state(2, "o", "ST-01", {}, battery=19.5))
+    assert reasons(low) == ["amr_battery_low"]
+    d = low[0]["data"]
+    assert (d["battery_charge"], d["battery_low"], d["battery_clear"]) == (19.5, 20.0, 30.0)
+    assert low[0]["event_id"] == cond_id("battery_low", 2)
+    # Still low, or back over the alarm level but under the clear level: nothing.
+    for n, charge in [(3, 18.0), (4, 12.0), (5, 22.0), (6, 19.0), (7, 29.9)]:
+        assert amr.feed("state", state(n, "o", "ST-01", {}, battery=charge)) == []
+    amr.restart()  # not raised again by a restarted gateway
+    assert amr.feed("state", state(8, "o", "ST-01", {}, battery=15.0)) == []
+    up = amr.feed("state", state(9, "o", "ST-01", {}, battery=30.0))
+    assert reasons(up) == ["amr_battery_low_cleared"]
+    assert up[0]["event_id"] == cond_id("battery_low", 2, cleared=True)
+    assert up[0]["data"]["battery_charge"] == 30.0
+    assert amr.feed("state", state(10, "o", "ST-01", {}, battery=25.0)) == []
+    again = amr.feed("state", state(11, "o", "ST-01", {}, battery=19.9))
+    assert reasons(again) == ["amr_battery_low"]
+    assert again[0]["event_id"] == cond_id("battery_low", 11)
+    # Without battery_low configured the battery is not watched.
+    assert Amr().feed("state", state(1, "o", "ST-01", {}, battery=3.0)) == []
 
 
 def test_connection_states_and_ids() -> None:
@@ -319,3 +527,36 @@ def test_not_a_report_is_a_type_error() -> None:
 
     with pytest.raises(TypeError, match="not a VDA 5050 report"):
         AmrRecognizer(site=SITE, device=DEVICE).feed(Signal(DEVICE, "state", {}, 0.0))
+
+
+def test_every_amr_event_validates_against_the_schema() -> None:
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads(resources.files("gateway").joinpath("schema/wh.event.v1.json")
+                        .read_text("utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    amr = Amr(battery_low=20.0)
+    amr.feed("order", order("o1", PICK_DROP))
+    fatal = {"errorType": "driveFault", "errorLevel": "FATAL"}
+    for n, kw in enumerate([
+        {"statuses": {"a1": "FINISHED", "a2": "WAITING"}},
+        {"statuses": {"a1": "FINISHED", "a2": "FINISHED"}, "estop": "MANUAL", "battery": 10.0,
+         "field_violation": True, "errors": [fatal]},
+        {"statuses": {"a1": "FINISHED", "a2": "FINISHED"}, "battery": 90.0},
+        {"statuses": {"b1": "FAILED"}, "types": {"b1": "drop"}},
+    ], start=1):
+        statuses = kw.pop("statuses")
+        amr.feed("state", state(n, "o1", "ST-03", statuses, **kw))
+    amr.feed("connection", connection(9, "CONNECTIONBROKEN"))
+    types = sorted({(e.type, e.to_dict()["data"].get("reason")) for e in amr.events},
+                   key=str)
+    assert len(types) == 12, types  # move, 4 x raised and cleared, failed, broken, status
+    for ev in amr.events:
+        errors = [e.message for e in validator.iter_errors(ev.to_dict())]
+        assert errors == [], (ev.to_dict(), errors)
+    # A move without the AMR's vehicle would not validate: the schema checks it.
+    bad = next(e.to_dict() for e in amr.events if e.type == "move")
+    bad["data"]["picked_at"] = "yesterday"
+    assert list(validator.iter_errors(bad))

@@ -33,7 +33,7 @@ from buffer.store import (
     StoreError,
 )
 from gateway.core.events import Event
-from gateway.core.records import IngestDeadLetter, SinkDeadLetter
+from gateway.core.records import IngestDeadLetter, RecognizerNote, SinkDeadLetter
 
 ROW = 500  #: bytes every ``sized`` event costs in the store (body + ROW_OVERHEAD)
 REPO = Path(__file__).resolve().parent.parent
@@ -719,3 +719,35 @@ def test_daemon_sees_space_freed_by_an_operator_command(db: Path) -> None:
     assert daemon.dead_letter_bytes < before - 5 * 3000
     assert daemon.refresh_if_changed_elsewhere() is False  # its own commits do not count
     daemon.close()
+
+
+# -- recognizer notes ---------------------------------------------------------------------
+
+
+def test_recognizer_notes_commit_with_their_unit_and_survive_reopen(db: Path) -> None:
+    store = Store(db)
+    note = RecognizerNote("amr-fleet", "vehicle:M/AMR-1", b'{"carried": 1}')
+    store.append([[ev(1), note], [RecognizerNote("amr-fleet", "vehicle:M/AMR-2", b"two")]])
+    used = store.used_bytes
+    assert used == len(ev(1).body) + ROW_OVERHEAD  # notes do not count against max_bytes
+    store.close()
+    store = Store(db)
+    assert store.notes("amr-fleet") == {"vehicle:M/AMR-1": b'{"carried": 1}',
+                                        "vehicle:M/AMR-2": b"two"}
+    assert store.notes("other") == {}
+    # In one batch the last note of a key wins; None deletes.
+    store.append([[RecognizerNote("amr-fleet", "vehicle:M/AMR-1", b"newer")],
+                  [RecognizerNote("amr-fleet", "vehicle:M/AMR-2", b"x")],
+                  [RecognizerNote("amr-fleet", "vehicle:M/AMR-2", None)]])
+    assert store.notes("amr-fleet") == {"vehicle:M/AMR-1": b"newer"}
+    assert stored_ids(store) == [ev(1).event_id]
+    store.close()
+
+
+def test_recognizer_notes_of_a_refused_unit_are_not_written(db: Path) -> None:
+    store = Store(db, max_bytes=ROW)
+    store.register_sinks(["wms"])
+    result = store.append([[sized(1)], [sized(2), RecognizerNote("d", "k", b"v")]])
+    assert result.units_committed == 1 and result.full
+    assert store.notes("d") == {}
+    store.close()

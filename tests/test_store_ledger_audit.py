@@ -93,7 +93,7 @@ def test_a_version_1_file_opens_keeps_its_rows_and_gains_the_new_tables(tmp_path
         store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"audit", "discarded", "tallies", "events", "dead_letters"} <= tables
         assert conn.execute("SELECT COUNT(*) FROM discarded").fetchone()[0] == 1

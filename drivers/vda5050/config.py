@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.core.config import ByteSize, DeviceModel, Identifier
 
@@ -42,6 +42,10 @@ class Vda5050Device(DeviceModel):
     station_parameter: str = "stationName"
     load_parameter: str = "loadId"
     max_vehicles: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    #: Battery percent below which a vehicle raises ``amr_battery_low`` (unset: not watched).
+    battery_low: Annotated[float, Field(gt=0, le=100)] | None = None
+    #: Battery percent at or above which it is cleared (default ``battery_low`` + 5, max 100).
+    battery_clear: Annotated[float, Field(gt=0, le=100)] | None = None
     max_payload_bytes: Annotated[ByteSize, Field(ge=256, le=16 * 1024 * 1024)] = 1024 * 1024
 
     @field_validator("serial_numbers")
@@ -58,6 +62,24 @@ class Vda5050Device(DeviceModel):
         if not v or any(not t for t in v):
             raise ValueError("expected a non-empty list of VDA 5050 action types, e.g. ['pick']")
         return v
+
+    @field_validator("battery_clear")
+    @classmethod
+    def _clear_above_low(cls, v: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("battery_low")
+        if v is not None and low is None:
+            raise ValueError("battery_clear needs battery_low (the level that raises the alarm)")
+        if v is not None and low is not None and v <= low:
+            raise ValueError(f"battery_clear ({v:g}) must be above battery_low ({low:g}): "
+                             "it is the level that clears the alarm")
+        return v
+
+    def battery_levels(self) -> tuple[float | None, float | None]:
+        """``(battery_low, battery_clear)`` with the default clear level filled in."""
+        low, clear = self.battery_low, self.battery_clear
+        if low is not None and clear is None:
+            clear = min(100.0, low + 5.0)
+        return low, clear
 
     @model_validator(mode="after")
     def _disjoint_actions(self) -> Vda5050Device:

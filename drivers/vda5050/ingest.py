@@ -128,6 +128,20 @@ class ErrorIn(View):
     errorReferences: list[ReferenceIn] | None = None
 
 
+class BatteryIn(View):
+    """A state's ``batteryState``."""
+
+    batteryCharge: float
+    charging: bool | None = None
+
+
+class SafetyIn(View):
+    """A state's ``safetyState``."""
+
+    eStop: str
+    fieldViolation: bool = False
+
+
 class StateIn(HeaderIn):
     """A ``state`` message."""
 
@@ -136,6 +150,8 @@ class StateIn(HeaderIn):
     actionStates: list[ActionStateIn]
     loads: list[LoadIn] | None = None
     errors: list[ErrorIn] = []
+    batteryState: BatteryIn | None = None
+    safetyState: SafetyIn | None = None
 
 
 #: The ingest view of each topic.
@@ -165,6 +181,7 @@ def to_report(msg: HeaderIn) -> Report:
     """The recognizer's view of one decoded message."""
     m, s = msg.manufacturer, msg.serialNumber
     if isinstance(msg, StateIn):
+        battery, safety = msg.batteryState, msg.safetyState
         return StateReport(
             manufacturer=m, serial=s, header_id=msg.headerId, order_id=msg.orderId,
             last_node_id=msg.lastNodeId,
@@ -175,7 +192,12 @@ def to_report(msg: HeaderIn) -> Report:
                 e.errorType, e.errorLevel, e.errorDescription,
                 tuple(str(r.referenceValue) for r in e.errorReferences or ()
                       if r.referenceKey == "actionId"),
+                tuple((r.referenceKey, str(r.referenceValue)) for r in e.errorReferences or ()),
             ) for e in msg.errors),
+            battery_charge=None if battery is None else battery.batteryCharge,
+            charging=None if battery is None else battery.charging,
+            estop=None if safety is None else safety.eStop,
+            field_violation=bool(safety is not None and safety.fieldViolation),
         )
     if isinstance(msg, ConnectionIn):
         return ConnectionReport(m, s, msg.headerId, msg.connectionState)

@@ -99,8 +99,9 @@ class Printer:
         for rec in obs.records:
             if isinstance(rec, Event):
                 self._event(numbers, rec)
-            else:
+            elif isinstance(rec, IngestDeadLetter):
                 self._dead_letter(numbers, rec)
+            # A recognizer note is the recognizer's own bookkeeping: not shown.
 
     def _signal(self, n: int, sig: Signal) -> None:
         when = sig.source_time if sig.source_time is not None else sig.receive_time

@@ -52,6 +52,9 @@ _KINDS = [
     Kind("conveyor_fault", "warning", "check the conveyor's fault code at the PLC"),
     Kind("amr_connection_broken", "warning",
          "check the vehicles named: power, Wi-Fi, their MQTT connection"),
+    Kind("amr_condition", "warning",
+         "check the vehicles named: release the e-stop, clear the protective field, "
+         "see the FATAL error, charge the battery"),
     Kind("broker_unavailable", "critical",
          "check the MQTT broker (systemctl status mosquitto), network and credentials"),
     Kind("mqtt_client_id_clash", "critical",

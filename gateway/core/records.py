@@ -35,7 +35,24 @@ class SinkDeadLetter:
     reason: str
 
 
-Record = Event | IngestDeadLetter
+@dataclass(frozen=True, slots=True)
+class RecognizerNote:
+    """A recognizer's note about what it is in the middle of, kept with the events.
+
+    Written in the same transaction as the events of its unit: ``value`` set
+    replaces the note ``(device, key)``, ``None`` deletes it. The gateway hands
+    a device's notes back to its recognizer at start (``restore``), so what a
+    source told once (an AMR loaded a carton at 10:15 at PACK-01) outlives a
+    crash between two of its messages. Notes never go upstream and do not
+    count against ``max_bytes``; a recognizer keeps their number bounded.
+    """
+
+    device: str
+    key: str
+    value: bytes | None
+
+
+Record = Event | IngestDeadLetter | RecognizerNote
 
 
 class Row(NamedTuple):

@@ -50,6 +50,8 @@ class VehicleError:
     level: str | None = None
     description: str | None = None
     action_ids: tuple[str, ...] = ()
+    #: Every ``errorReferences`` entry as ``(referenceKey, referenceValue)``.
+    references: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """As it appears in an exception event."""
@@ -62,6 +64,9 @@ class StateReport:
 
     ``loads`` holds the ids of the loads on board; ``None`` when the vehicle
     does not report loads at all (the spec's "cannot determine").
+    ``battery_charge`` is ``batteryState.batteryCharge`` (percent), ``estop``
+    and ``field_violation`` are ``safetyState``'s (``None`` / ``False`` when
+    the state does not carry them).
     """
 
     manufacturer: str
@@ -72,6 +77,10 @@ class StateReport:
     actions: tuple[ActionStatus, ...]
     loads: tuple[str, ...] | None = None
     errors: tuple[VehicleError, ...] = ()
+    battery_charge: float | None = None
+    charging: bool | None = None
+    estop: str | None = None
+    field_violation: bool = False
 
 
 @dataclass(frozen=True, slots=True)

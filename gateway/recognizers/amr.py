@@ -1,4 +1,4 @@
-"""AMR fleets (VDA 5050) → ``pick`` / ``move`` / ``exception`` / ``device_status`` events.
+"""AMR fleets (VDA 5050) → ``move`` / ``exception`` / ``device_status`` events.
 
 Input signals, one per VDA 5050 message (the driver decodes them):
 
@@ -14,21 +14,35 @@ before, and never again while it stays so. The event id is derived from the
 vehicle, the state's ``orderId`` and the ``actionId`` — all physical values —
 so a state re-read after a gateway restart yields the same ids.
 
+A load pickup is not a business event (a WMS books ``pick`` as an
+inventory pick): it starts a carry, which the drop ends with one ``move``
+(``data.container``, ``from`` the pickup station, ``to`` the drop station,
+``picked_at`` the time of the state that showed the pickup finished,
+``vehicle``). The carry is kept in the vehicle's recognizer note
+(``RecognizerNote``), written in the same store transaction as the events
+of the same message, with the actions already reported in the current order
+and the open conditions (``gateway.recognizers.amr_conditions``): a gateway
+killed between pickup and drop restores it at start (``restore``), so the
+move after the restart is complete and nothing reported is reported again.
+
 When the order was never seen (the gateway started mid-order) or arrives
 after the state, the state itself is the fallback: ``actionType`` from the
 action state, the station from ``lastNodeId`` (node actions run where the
 vehicle stands), the load from the ``loads`` that appeared (pick) or
-disappeared (drop) since the previous state.
+disappeared (drop) since the previous state. A pickup the gateway did not
+see happen (it was down) is dated and placed by the first state it sees.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.events import Event, Priority, Signal
+from gateway.core.events import Event, Priority, Signal, format_time, make_event_id
+from gateway.core.records import RecognizerNote, Record
 from gateway.core.reports import (
     BROKEN_STATES,
     ActionPlan,
@@ -38,6 +52,7 @@ from gateway.core.reports import (
     StateReport,
     VehicleError,
 )
+from gateway.recognizers.amr_conditions import Thresholds, conditions_of
 
 __all__ = [
     "BROKEN_STATES", "ActionPlan", "ActionStatus", "AmrRecognizer", "ConnectionReport",
@@ -50,9 +65,24 @@ MAX_PLANNED_ACTIONS = 1024
 MAX_REPORTED = 1024
 #: Loads remembered per vehicle between their pick and their drop.
 MAX_CARRIED = 64
+#: Planned pickups and drops kept in a vehicle's note (the latest ones).
+MAX_NOTED_PLANS = 16
+#: Prefix of a vehicle's recognizer note key (``vehicle:<manufacturer>/<serial>``).
+NOTE_PREFIX = "vehicle:"
 
 _STATUS_NAMES = {"ONLINE": "online", "OFFLINE": "offline", "CONNECTIONBROKEN": "connection_broken",
                  "CONNECTION_BROKEN": "connection_broken"}
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """A load between its pickup and its drop."""
+
+    load: str | None
+    station: str | None
+    picked_at: float
+    order_id: str
+    action_id: str
 
 
 @dataclass(slots=True)
@@ -60,7 +90,14 @@ class _Vehicle:
     planned: OrderedDict[str, tuple[str | None, PlannedAction]] = field(
         default_factory=OrderedDict)
     reported: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    carried: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
+    carried: OrderedDict[str, Carry] = field(default_factory=OrderedDict)
+    #: Open conditions: name → (source key of the raise, reason, data of the raise).
+    open: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    #: Planned pickups and drops not finished yet: action id → (order, type, load, station).
+    noted_plans: OrderedDict[str, tuple[str | None, str, str | None, str | None]] = field(
+        default_factory=OrderedDict)
+    #: The note as last written (``b""``: none).
+    note: bytes = b""
     loads: tuple[str, ...] | None = None
     statuses: dict[str, str] = field(default_factory=dict)
     order_id: str = ""
@@ -85,6 +122,10 @@ class AmrRecognizer:
     station_parameter: str = "stationName"
     load_parameter: str = "loadId"
     max_vehicles: int = 10_000
+    #: Battery percent below which ``amr_battery_low`` is raised (``None``: not watched).
+    battery_low: float | None = None
+    #: Battery percent at or above which it is cleared (``None``: ``battery_low``).
+    battery_clear: float | None = None
     #: States missed between two seen ones (headerId gaps).
     state_gaps: int = 0
     #: States whose headerId went backwards (the vehicle restarted its counter).
@@ -97,23 +138,64 @@ class AmrRecognizer:
 
     # -- public -------------------------------------------------------------------------
 
-    def feed(self, sig: Signal) -> list[Event]:
-        """Events for one decoded VDA 5050 message."""
+    def feed(self, sig: Signal) -> list[Record]:
+        """Events (and the vehicle's note when it changed) for one decoded VDA 5050 message."""
         value = sig.value
         if isinstance(value, StateReport):
             return self._state(sig, value)
         if isinstance(value, ConnectionReport):
             return self._connection(sig, value)
         if isinstance(value, ActionPlan):
-            self._plan(value)
-            return []
+            return self._plan(value)
         raise TypeError(f"not a VDA 5050 report: {type(value).__name__}")
 
     def vehicles(self) -> dict[str, dict[str, Any]]:
-        """Per vehicle (``manufacturer/serial``): connection, order, action statuses."""
+        """Per vehicle (``manufacturer/serial``): connection, order, actions, loads, conditions."""
         return {f"{m}/{s}": {"connection": v.connection, "order_id": v.order_id,
-                             "actions": dict(v.statuses), "loads": list(v.loads or ())}
+                             "actions": dict(v.statuses), "loads": list(v.loads or ()),
+                             "carrying": [c.load for c in v.carried.values()],
+                             "conditions": sorted(v.open)}
                 for (m, s), v in self._vehicles.items()}
+
+    def carrying(self) -> int:
+        """Loads picked up and not dropped yet, over all vehicles."""
+        return sum(len(v.carried) for v in self._vehicles.values())
+
+    def open_conditions(self) -> dict[str, list[str]]:
+        """Vehicles with an open condition (e-stop, FATAL error...), with their reasons."""
+        return {f"{m}/{s}": sorted(reason for _, reason, _ in v.open.values())
+                for (m, s), v in self._vehicles.items() if v.open}
+
+    def restore(self, notes: Mapping[str, bytes]) -> None:
+        """Take back the vehicles' notes (``RecognizerNote``) the store kept, at start.
+
+        Raises:
+            ValueError: naming the note that is not one this recognizer wrote.
+        """
+        for key, value in notes.items():
+            if not key.startswith(NOTE_PREFIX):
+                raise ValueError(f"recognizer note {key!r} of {self.device}: not a vehicle note")
+            manufacturer, _, serial = key[len(NOTE_PREFIX):].partition("/")
+            try:
+                doc = json.loads(value)
+                v = self._vehicle(manufacturer, serial)
+                v.order_id = str(doc["order_id"])
+                for k in doc["reported"]:
+                    v.reported[str(k)] = None
+                for aid, order_id, kind, load, station in doc["plans"]:
+                    v.noted_plans[str(aid)] = (order_id, str(kind), load, station)
+                    params = {self.load_parameter: load, self.station_parameter: station}
+                    v.planned[str(aid)] = (order_id, PlannedAction(
+                        str(aid), str(kind), {k: x for k, x in params.items() if x}))
+                for c in doc["carried"]:
+                    carry = Carry(c["load"], c["from"], float(c["picked_at"]),
+                                  str(c["order_id"]), str(c["action_id"]))
+                    v.carried[carry.load or ""] = carry
+                v.open = {str(name): (str(o["key"]), str(o["reason"]), dict(o["data"]))
+                          for name, o in doc["open"].items()}
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"recognizer note {key!r} of {self.device}: {err!r}") from err
+            v.note = bytes(value)
 
     def connection_counts(self) -> dict[str, int]:
         """How many vehicles are in each connection state (``unknown``: none seen yet)."""
@@ -135,37 +217,60 @@ class AmrRecognizer:
 
     # -- messages ------------------------------------------------------------------------
 
-    def _vehicle(self, manufacturer: str, serial: str) -> _Vehicle:
+    def _vehicle(self, manufacturer: str, serial: str,
+                 out: list[Record] | None = None) -> _Vehicle:
         key = (manufacturer, serial)
         vehicles = self._vehicles
         v = vehicles.get(key)
         if v is None:
             v = vehicles[key] = _Vehicle()
             if len(vehicles) > self.max_vehicles:
-                vehicles.popitem(last=False)
+                (m, s), gone = vehicles.popitem(last=False)
                 self.evicted_vehicles += 1
+                if gone.note and out is not None:
+                    out.append(RecognizerNote(self.device, f"{NOTE_PREFIX}{m}/{s}", None))
         else:
             vehicles.move_to_end(key)
         return v
 
-    def _plan(self, plan: ActionPlan) -> None:
-        planned = self._vehicle(plan.manufacturer, plan.serial).planned
+    def _plan(self, plan: ActionPlan) -> list[Record]:
+        out: list[Record] = []
+        v = self._vehicle(plan.manufacturer, plan.serial, out)
+        planned, noted = v.planned, v.noted_plans
+        loads = (*self.pick_actions, *self.drop_actions)
         for action in plan.actions:
             planned[action.action_id] = (plan.order_id, action)
             planned.move_to_end(action.action_id)
+            if action.action_type in loads:
+                noted[action.action_id] = (
+                    plan.order_id, action.action_type, self._param(action, self.load_parameter),
+                    self._param(action, self.station_parameter) or action.node_id
+                    or action.edge_id)
+                noted.move_to_end(action.action_id)
         while len(planned) > MAX_PLANNED_ACTIONS:
             planned.popitem(last=False)
+        while len(noted) > MAX_NOTED_PLANS:
+            noted.popitem(last=False)
+        # Kept with the order's commit: after a restart the drop still knows its order.
+        note = self._note(plan.manufacturer, plan.serial, v)
+        if note is not None:
+            out.append(note)
+        return out
 
-    def _state(self, sig: Signal, st: StateReport) -> list[Event]:
-        v = self._vehicle(st.manufacturer, st.serial)
+    def _state(self, sig: Signal, st: StateReport) -> list[Record]:
+        events: list[Record] = []
+        v = self._vehicle(st.manufacturer, st.serial, events)
         if v.last_header is not None:
             if st.header_id > v.last_header + 1:
                 self.state_gaps += st.header_id - v.last_header - 1
             elif st.header_id < v.last_header:
                 self.header_resets += 1
         v.last_header = st.header_id
-        v.order_id = st.order_id
-        events: list[Event] = []
+        if st.order_id != v.order_id:
+            # Action ids are unique within an order: what was reported is of the old one.
+            prefix = f"{st.manufacturer}/{st.serial}/{st.order_id}/"
+            v.reported = OrderedDict((k, None) for k in v.reported if k.startswith(prefix))
+            v.order_id = st.order_id
         for action in st.actions:
             if action.status == "FINISHED" or action.status == "FAILED":
                 key = f"{st.manufacturer}/{st.serial}/{st.order_id}/{action.action_id}"
@@ -173,17 +278,73 @@ class AmrRecognizer:
                     key += ":failed"
                 if key not in v.reported:
                     self._remember(v, key)
+                    v.noted_plans.pop(action.action_id, None)
                     ev = self._terminal(sig, st, v, action, key)
                     if ev is not None:
                         events.append(ev)
+        events += self._conditions(sig, st, v)
         v.statuses = {a.action_id: a.status for a in st.actions}
         v.loads = st.loads
+        note = self._note(st.manufacturer, st.serial, v)
+        if note is not None:
+            events.append(note)
         return events
 
     def _remember(self, v: _Vehicle, key: str) -> None:
         v.reported[key] = None
         if len(v.reported) > MAX_REPORTED:
             v.reported.popitem(last=False)
+
+    def _note(self, manufacturer: str, serial: str, v: _Vehicle) -> RecognizerNote | None:
+        """The vehicle's note, when it changed: plans, carries, reported actions, conditions."""
+        if not (v.carried or v.open or v.reported or v.noted_plans or v.note):
+            return None
+        doc = {"order_id": v.order_id, "reported": list(v.reported),
+               "plans": [[aid, *entry] for aid, entry in v.noted_plans.items()],
+               "carried": [{"load": c.load, "from": c.station, "picked_at": c.picked_at,
+                            "order_id": c.order_id, "action_id": c.action_id}
+                           for c in v.carried.values()],
+               "open": {name: {"key": key, "reason": reason, "data": data}
+                        for name, (key, reason, data) in v.open.items()}}
+        empty = not (v.carried or v.open or v.reported or v.noted_plans)
+        value = b"" if empty else json.dumps(doc, separators=(",", ":")).encode()
+        if value == v.note:
+            return None
+        v.note = value
+        return RecognizerNote(self.device, f"{NOTE_PREFIX}{manufacturer}/{serial}",
+                              value or None)
+
+    def _conditions(self, sig: Signal, st: StateReport, v: _Vehicle) -> list[Event]:
+        """Raise what the state shows newly, clear what it no longer shows."""
+        now = conditions_of(st, v.open, Thresholds(self.battery_low, self.battery_clear))
+        if not now and not v.open:
+            return []
+        occurred = sig.source_time if sig.source_time is not None else sig.receive_time
+        base = {"amr": st.serial, "vehicle": st.serial, "manufacturer": st.manufacturer,
+                "order_id": st.order_id or None, "header_id": st.header_id,
+                "station": st.last_node_id or None}
+        out: list[Event] = []
+        stamp = round(occurred * 1000)
+        for name, cond in now.items():
+            if name in v.open:
+                continue
+            key = f"amr:{st.manufacturer}/{st.serial}/{name}@{stamp}"
+            v.open[name] = (key, cond.reason, cond.data)
+            out.append(Event.create(
+                site=self.site, device=self.device, type="exception", source_key=key,
+                occurred_at=occurred, observed_at=sig.receive_time, priority=Priority.EXCEPTION,
+                data={"reason": cond.reason, **base, **cond.data}))
+        for name in [n for n in v.open if n not in now]:
+            key, reason, data = v.open.pop(name)
+            if name == "battery_low":  # the clear says the charge that cleared it
+                data = {**data, "battery_charge": st.battery_charge, "charging": st.charging}
+            out.append(Event.create(
+                site=self.site, device=self.device, type="exception",
+                source_key=f"{key}:cleared", occurred_at=occurred,
+                observed_at=sig.receive_time, priority=Priority.EXCEPTION,
+                data={"reason": f"{reason}_cleared", **base, **data,
+                      "raised_event_id": make_event_id(self.site, self.device, key)}))
+        return out
 
     def _terminal(self, sig: Signal, st: StateReport, v: _Vehicle, action: ActionStatus,
                   key: str) -> Event | None:
@@ -192,44 +353,57 @@ class AmrRecognizer:
         mapping = "state" if entry is None else ("instant" if entry[0] is None else "order")
         action_type = plan.action_type if plan is not None else action.action_type
         occurred = sig.source_time if sig.source_time is not None else sig.receive_time
-        base = {"amr": st.serial, "manufacturer": st.manufacturer, "order_id": st.order_id,
+        base = {"vehicle": st.serial, "manufacturer": st.manufacturer, "order_id": st.order_id,
                 "action_id": action.action_id, "action_type": action_type, "mapping": mapping}
         if action.status == "FAILED":
             errors = [e for e in st.errors if action.action_id in e.action_ids] or list(st.errors)
-            data = {"reason": "amr_action_failed", **base,
-                    "load": self._param(plan, self.load_parameter),
-                    "station": self._station(plan, st),
+            load = self._param(plan, self.load_parameter)
+            data = {"reason": "amr_action_failed", "amr": st.serial, **base,
+                    "container": load, "station": self._station(plan, st),
                     "result_description": action.result_description,
                     "errors": [e.to_dict() for e in errors]}
             return Event.create(site=self.site, device=self.device, type="exception",
                                 source_key=f"action:{key}", occurred_at=occurred,
                                 observed_at=sig.receive_time, data=data,
+                                correlation_id=None if load is None else f"container:{load}",
                                 priority=Priority.EXCEPTION)
         if action_type in self.pick_actions:
-            load = self._param(plan, self.load_parameter) or self._picked_load(v, st)
-            station = self._station(plan, st)
-            v.carried[load or ""] = station
-            v.carried.move_to_end(load or "")
-            if len(v.carried) > MAX_CARRIED:
-                v.carried.popitem(last=False)
-            return Event.create(site=self.site, device=self.device, type="pick",
-                                source_key=f"action:{key}", occurred_at=occurred,
-                                observed_at=sig.receive_time,
-                                correlation_id=None if load is None else f"load:{load}",
-                                data={"load": load, "station": station, **base})
+            self._pickup(st, v, plan, action, occurred)
+            return None
         if action_type in self.drop_actions:
             load = self._param(plan, self.load_parameter) or self._dropped_load(v, st)
-            origin = self._origin(v, load)
+            carry = self._take_carry(v, load)
+            if carry is not None and load is None:
+                load = carry.load
+            origin = carry.station if carry is not None else self._ordered_origin(v, load)
             return Event.create(site=self.site, device=self.device, type="move",
                                 source_key=f"action:{key}", occurred_at=occurred,
                                 observed_at=sig.receive_time,
-                                correlation_id=None if load is None else f"load:{load}",
-                                data={"load": load, "from": origin,
-                                      "to": self._station(plan, st), **base})
+                                correlation_id=None if load is None else f"container:{load}",
+                                data={"container": load, "from": origin,
+                                      "to": self._station(plan, st),
+                                      "picked_at": None if carry is None
+                                      else format_time(carry.picked_at),
+                                      "pick_action_id": None if carry is None
+                                      else carry.action_id, **base})
         self.unclassified += 1
         return None
 
-    def _connection(self, sig: Signal, c: ConnectionReport) -> list[Event]:
+    def _pickup(self, st: StateReport, v: _Vehicle, plan: PlannedAction | None,
+                action: ActionStatus, occurred: float) -> None:
+        """Start a carry (kept in the vehicle's note); a restored one is kept as it was."""
+        if any(c.order_id == st.order_id and c.action_id == action.action_id
+               for c in v.carried.values()):
+            return  # the gateway restarted: the note has it, with the real time and place
+        load = self._param(plan, self.load_parameter) or self._picked_load(v, st)
+        key = load or ""
+        v.carried[key] = Carry(load, self._station(plan, st), occurred, st.order_id,
+                               action.action_id)
+        v.carried.move_to_end(key)
+        if len(v.carried) > MAX_CARRIED:
+            v.carried.popitem(last=False)
+
+    def _connection(self, sig: Signal, c: ConnectionReport) -> list[Record]:
         v = self._vehicle(c.manufacturer, c.serial)
         stamp = "" if sig.source_time is None else str(round(sig.source_time * 1000))
         key = f"connection:{c.manufacturer}/{c.serial}/{c.header_id}@{stamp}"
@@ -241,8 +415,9 @@ class AmrRecognizer:
         # A last will is composed when the vehicle connects, so its timestamp is
         # that of the connect; the break itself is when the broker sent it.
         occurred = sig.receive_time if broken or sig.source_time is None else sig.source_time
-        base = {"amr": c.serial, "manufacturer": c.manufacturer, "header_id": c.header_id}
-        events = [Event.create(
+        base = {"amr": c.serial, "vehicle": c.serial, "manufacturer": c.manufacturer,
+                "header_id": c.header_id}
+        events: list[Record] = [Event.create(
             site=self.site, device=self.device, type="device_status", source_key=key,
             occurred_at=occurred, observed_at=sig.receive_time,
             data={"status": _STATUS_NAMES.get(c.state, c.state.lower()),
@@ -262,6 +437,7 @@ class AmrRecognizer:
 
     @staticmethod
     def _param(plan: PlannedAction | None, name: str) -> str | None:
+        """A parameter of the planned action as a string (``None``: not given, empty)."""
         if plan is None:
             return None
         value = plan.params.get(name)
@@ -297,13 +473,18 @@ class AmrRecognizer:
             return carried[0]
         return None
 
-    def _origin(self, v: _Vehicle, load: str | None) -> str | None:
-        """Where the dropped load was picked: remembered pick, else the ordered pick."""
+    @staticmethod
+    def _take_carry(v: _Vehicle, load: str | None) -> Carry | None:
+        """The carry the drop of ``load`` ends (the only one, when the load is unknown)."""
         key = load or ""
         if key in v.carried:
             return v.carried.pop(key)
         if load is None and len(v.carried) == 1:
             return v.carried.popitem()[1]
+        return None
+
+    def _ordered_origin(self, v: _Vehicle, load: str | None) -> str | None:
+        """Where the order said ``load`` would be picked (no pickup was seen)."""
         if load is not None:
             for _, planned in reversed(v.planned.values()):
                 if (planned.action_type in self.pick_actions

@@ -4,9 +4,13 @@ The vehicles are ``simulators.amr_vehicle.Vehicle`` s; this module adds what
 the site needs: each terminal action is written to the ledger with the
 timestamp of the first state that shows it (that state's header time is the
 event's ``occurred_at``), the last will of the current connection is kept (an
-AMR killed mid-run makes the broker publish exactly that message), and an
-emergency stop shows in ``safetyState``. ``AmrDispatcher`` is the master
-control: one carton per order, pick at the pack station, drop at a dock door.
+AMR killed mid-run makes the broker publish exactly that message), and the
+conditions a state shows while they last — an emergency stop, a protective
+field violation (``safetyState``), a FATAL error (``errors``), a battery
+below ``BATTERY_LOW`` until it is back to ``BATTERY_CLEAR`` — are written
+to the ledger when the first state shows them raised and cleared.
+``AmrDispatcher`` is the master control: one carton per order, pickup at the
+pack station, drop at a dock door; the drop is the carton's ``move``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from typing import Any
 
 import structlog
 
-from gateway.core.events import parse_time
+from gateway.core.events import format_time, parse_time
 from simulators.amr_vehicle import MAP_ID, AmrOptions, Vehicle
-from simulators.site.config import AMR_FLEET, SiteLayout
+from simulators.site.config import AMR_FLEET, BATTERY_CLEAR, BATTERY_LOW, SiteLayout
 from simulators.site.ledger import Ledger
 
 __all__ = ["AmrDispatcher", "SiteVehicle", "site_map"]
@@ -50,6 +54,13 @@ class SiteVehicle(Vehicle):
         self.will_payload = b""
         self._next_will = b""
         self.estop = False
+        self.field_violation = False
+        #: The FATAL error shown while set (its ``errorType``).
+        self.fatal: str | None = None
+        #: Conditions the last published state showed: name → (ledger fields of the raise).
+        self.shown: dict[str, dict[str, Any]] = {}
+        self.on_condition: Callable[[SiteVehicle, str, dict[str, Any] | None,
+                                     dict[str, Any]], None] | None = None
         self._on_terminal = on_terminal
         self._told: set[tuple[str, str]] = set()
         super().__init__(opts, serial, rng, start=start)
@@ -67,11 +78,36 @@ class SiteVehicle(Vehicle):
         super()._online()
 
     def state(self) -> dict[str, Any]:
-        """The state message, with the emergency stop when it is pressed."""
+        """The state message, with the e-stop, field violation and FATAL error while they last."""
         st = super().state()
-        if self.estop:
-            st["safetyState"] = {"eStop": "MANUAL", "fieldViolation": False}
+        st["safetyState"] = {"eStop": "MANUAL" if self.estop else "NONE",
+                             "fieldViolation": self.field_violation}
+        if self.fatal is not None:
+            st["errors"] = [*st["errors"], {
+                "errorType": self.fatal, "errorLevel": "FATAL",
+                "errorDescription": f"{self.fatal} at {self.last_node}",
+                "errorReferences": [{"referenceKey": "nodeId", "referenceValue": "drive"}]}]
         return st
+
+    def conditions(self, st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The conditions ``st`` shows (as the gateway reads them), with their fields."""
+        out: dict[str, dict[str, Any]] = {}
+        if st["safetyState"]["eStop"] != "NONE":
+            out["estop"] = {"reason": "amr_estop", "estop": st["safetyState"]["eStop"]}
+        if st["safetyState"]["fieldViolation"]:
+            out["field_violation"] = {"reason": "amr_field_violation"}
+        for e in st["errors"]:
+            if e.get("errorLevel") == "FATAL":
+                refs = ",".join(f"{r['referenceKey']}={r['referenceValue']}"
+                                for r in sorted(e.get("errorReferences") or [],
+                                                key=lambda r: (r["referenceKey"],
+                                                               str(r["referenceValue"]))))
+                name = f"fatal:{e['errorType']}" + (f"[{refs}]" if refs else "")
+                out[name] = {"reason": "amr_fatal_error", "error_type": e["errorType"]}
+        charge = st["batteryState"]["batteryCharge"]
+        if charge < BATTERY_LOW or ("battery_low" in self.shown and charge < BATTERY_CLEAR):
+            out["battery_low"] = {"reason": "amr_battery_low", "battery_charge": charge}
+        return out
 
     def publish_state(self) -> None:
         """Publish the state now (QoS 0); the first state showing an action terminal tells."""
@@ -83,6 +119,13 @@ class SiteVehicle(Vehicle):
             if action["actionStatus"] in ("FINISHED", "FAILED") and key not in self._told:
                 self._told.add(key)
                 self._on_terminal(self, action, st)
+        now = self.conditions(st)
+        if now or self.shown:
+            for name in [*now, *self.shown]:
+                raised, was = now.get(name), self.shown.get(name)
+                if (raised is None) != (was is None) and self.on_condition is not None:
+                    self.on_condition(self, name, raised, st)
+            self.shown = {n: self.shown.get(n, f) for n, f in now.items()}
         self.link.publish(f"{self.prefix}/state", _dumps(st).encode(), 0)
         self.published["state"] += 1
         self._last_state = time.monotonic()
@@ -116,6 +159,9 @@ class AmrDispatcher:
         self._dock = 0
         self._held_until = 0.0
         self._carrying: dict[str, tuple[str, str, str]] = {}  # serial -> carton, from, to
+        self._picked: dict[str, tuple[str, float]] = {}  # serial -> pick action id, time
+        #: Open conditions: (serial, name) -> source key of the raise.
+        self._raised: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- vehicles -------------------------------------------------------------------
@@ -124,6 +170,11 @@ class AmrDispatcher:
         """Create, start and make available vehicle ``serial`` (at the first dock)."""
         v = SiteVehicle(self.opts, serial, random.Random(self.rng.random()),
                         self.layout.dock(1), self._terminal)
+        v.on_condition = self._condition
+        old = self.vehicles.get(serial)
+        if old is not None:
+            # Revived: what its last state showed is what a reader still holds open.
+            v.shown = old.shown
         v.x, v.y = self.map[self.layout.dock(1)]
         self.vehicles[serial] = v
         v.start()
@@ -173,33 +224,78 @@ class AmrDispatcher:
 
     async def _revive(self, serial: str, down_s: float) -> None:
         await asyncio.sleep(down_s)
-        old = self.vehicles.pop(serial)
+        old = self.vehicles[serial]
         with contextlib.suppress(Exception):
             await asyncio.gather(*old._tasks, return_exceptions=True)
         self.add(serial)
         log.info("site_amr_revived", amr=serial)
 
-    def estop(self, seconds: float) -> dict[str, Any]:
-        """Press the emergency stop of a vehicle for ``seconds`` (ledger: raised and released)."""
-        serial = self.rng.choice(sorted(self.vehicles))
-        v = self.vehicles[serial]
-        v.estop = True
+    def _pick_vehicle(self) -> SiteVehicle:
+        connected = sorted(s for s, v in self.vehicles.items() if v.link.connected.is_set())
+        return self.vehicles[self.rng.choice(connected or sorted(self.vehicles))]
+
+    def _spell(self, what: str, seconds: float, on: Callable[[SiteVehicle], None],
+               off: Callable[[SiteVehicle], None]) -> dict[str, Any]:
+        """A condition on one vehicle for ``seconds`` (its states tell the ledger)."""
+        v = self._pick_vehicle()
+        on(v)
         v.publish_state()
-        now = time.time()
-        self.ledger.record("amr_estop", "exception", AMR_FLEET, f"estop:{serial}@{now:.3f}", now,
-                           container=None, fields={"reason": "amr_estop", "amr": serial},
-                           amr=serial)
 
-        def release() -> None:
-            v.estop = False
+        def end() -> None:
+            off(v)
             v.publish_state()
-            t = time.time()
-            self.ledger.record("amr_estop", "exception", AMR_FLEET,
-                               f"estop_cleared:{serial}@{t:.3f}", t, container=None,
-                               fields={"reason": "amr_estop_cleared", "amr": serial}, amr=serial)
 
-        self._later(seconds, release)
-        return {"estop": serial, "seconds": seconds}
+        self._later(seconds, end)
+        return {what: v.serial, "seconds": seconds}
+
+    def estop(self, seconds: float) -> dict[str, Any]:
+        """Press the emergency stop of a vehicle for ``seconds``."""
+        return self._spell("estop", seconds, lambda v: setattr(v, "estop", True),
+                           lambda v: setattr(v, "estop", False))
+
+    def field_violation(self, seconds: float) -> dict[str, Any]:
+        """Someone walks into a vehicle's protective field for ``seconds``."""
+        return self._spell("field_violation", seconds,
+                           lambda v: setattr(v, "field_violation", True),
+                           lambda v: setattr(v, "field_violation", False))
+
+    def fatal(self, seconds: float, error_type: str = "driveFault") -> dict[str, Any]:
+        """A FATAL error on a vehicle for ``seconds`` (then reset by the operator)."""
+        return self._spell("fatal", seconds, lambda v: setattr(v, "fatal", error_type),
+                           lambda v: setattr(v, "fatal", None))
+
+    def battery_low(self, seconds: float, level: float = BATTERY_LOW - 5.0) -> dict[str, Any]:
+        """A vehicle's battery drains to ``level`` percent; charged after ``seconds``."""
+        if not 0.0 <= level < BATTERY_LOW:
+            raise ValueError(f"level must be in [0, {BATTERY_LOW:g}) percent, got {level:g}")
+        charged: dict[str, float] = {}
+
+        def drain(v: SiteVehicle) -> None:
+            charged[v.serial] = max(v.battery, BATTERY_CLEAR + 10.0)
+            v.battery = level
+
+        return self._spell("battery_low", seconds, drain,
+                           lambda v: setattr(v, "battery", charged[v.serial]))
+
+    def _condition(self, v: SiteVehicle, name: str, raised: dict[str, Any] | None,
+                   st: dict[str, Any]) -> None:
+        """The first state showing a condition raised (``raised``) or cleared: ledger it."""
+        t = parse_time(st["timestamp"])
+        base = {"amr": v.serial, "vehicle": v.serial, "manufacturer": st["manufacturer"],
+                "header_id": st["headerId"]}
+        kind = "amr_fatal_error" if name.startswith("fatal:") else f"amr_{name}"
+        if raised is not None:
+            key = f"amr:{st['manufacturer']}/{v.serial}/{name}@{round(t * 1000)}"
+            self._raised[(v.serial, name)] = key
+            self.ledger.record(kind, "exception", AMR_FLEET, key, t, container=None,
+                               fields={**base, **raised}, amr=v.serial)
+            return
+        key = self._raised.pop((v.serial, name), "")
+        fields = {**base, "reason": f"{kind}_cleared"}
+        if name == "battery_low":
+            fields["battery_charge"] = st["batteryState"]["batteryCharge"]
+        self.ledger.record(kind, "exception", AMR_FLEET, f"{key}:cleared", t, container=None,
+                           fields=fields, amr=v.serial)
 
     # -- orders ---------------------------------------------------------------------
 
@@ -268,19 +364,23 @@ class AmrDispatcher:
         kind = action["actionType"]
         key = f"action:{st['manufacturer']}/{v.serial}/{st['orderId']}/{action['actionId']}"
         t = parse_time(st["timestamp"])
-        base = {"amr": v.serial, "manufacturer": st["manufacturer"], "order_id": st["orderId"],
-                "action_id": action["actionId"], "action_type": kind}
+        base = {"vehicle": v.serial, "manufacturer": st["manufacturer"],
+                "order_id": st["orderId"], "action_id": action["actionId"], "action_type": kind}
         if action["actionStatus"] == "FAILED":
             self.ledger.record("amr_action_failed", "exception", AMR_FLEET, f"{key}:failed", t,
-                               container=carton, fields={"reason": "amr_action_failed", **base},
-                               amr=v.serial)
+                               container=carton,
+                               fields={"reason": "amr_action_failed", "amr": v.serial,
+                                       "container": carton, **base}, amr=v.serial)
         elif kind == "pick":
-            self.ledger.record("amr_pick", "pick", AMR_FLEET, key, t, container=carton,
-                               fields={"load": carton, "station": pack, **base}, amr=v.serial)
+            # The start of the carton's move: nothing upstream, the drop carries it.
+            self._picked[v.serial] = (action["actionId"], t)
         elif kind == "drop":
+            pick_id, picked = self._picked.pop(v.serial, (None, None))
             self.ledger.record("amr_drop", "move", AMR_FLEET, key, t, container=carton,
-                               fields={"load": carton, "from": pack, "to": dock, **base},
-                               amr=v.serial)
+                               fields={"container": carton, "from": pack, "to": dock,
+                                       "picked_at": None if picked is None
+                                       else format_time(picked),
+                                       "pick_action_id": pick_id, **base}, amr=v.serial)
             self.delivered += 1
 
     async def stop(self) -> None:

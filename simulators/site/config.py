@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from simulators.conveyor_plc import gateway_device
 
-__all__ = ["AMR_FLEET", "CONVEYOR", "INDUCT", "MANUFACTURER", "READER", "SORTER", "SiteLayout",
-           "site_devices"]
+__all__ = ["AMR_FLEET", "BATTERY_CLEAR", "BATTERY_LOW", "CONVEYOR", "INDUCT", "MANUFACTURER",
+           "READER", "SORTER", "SiteLayout", "site_devices"]
 
 CONVEYOR: Final = "conveyor-01"
 SORTER: Final = "sorter-1"
@@ -20,6 +20,9 @@ AMR_FLEET: Final = "amr-fleet"
 INDUCT: Final = "INDUCT-1"
 READER: Final = "INDUCT-1-READER"
 MANUFACTURER: Final = "SiteRobotics"
+#: The AMR fleet's battery levels (percent): below LOW raises, CLEAR or more clears.
+BATTERY_LOW: Final = 20.0
+BATTERY_CLEAR: Final = 30.0
 _MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
 
 
@@ -93,5 +96,6 @@ def site_devices(layout: SiteLayout, *, modbus_port: int, opcua_port: int,
                 for n in range(1, layout.pack_stations + 1)]
     if layout.amrs:
         devices.append({"id": AMR_FLEET, "driver": "vda5050", "broker": broker,
-                        "manufacturer": MANUFACTURER})
+                        "manufacturer": MANUFACTURER, "battery_low": BATTERY_LOW,
+                        "battery_clear": BATTERY_CLEAR})
     return devices

@@ -599,6 +599,14 @@ class Site:
                                          float(body.get("seconds", 3.0)))
         if name == "amr_estop":
             return self.amrs.estop(float(body.get("seconds", 2.0)))
+        if name == "amr_field_violation":
+            return self.amrs.field_violation(float(body.get("seconds", 2.0)))
+        if name == "amr_fatal":
+            return self.amrs.fatal(float(body.get("seconds", 2.0)),
+                                   str(body.get("error_type", "driveFault")))
+        if name == "amr_battery_low":
+            return self.amrs.battery_low(float(body.get("seconds", 3.0)),
+                                         float(body.get("level", 15.0)))
         if name == "amr_hold":
             return self.amrs.hold(float(body.get("seconds", 5.0)))
         if name == "amr_kill":
@@ -629,5 +637,5 @@ class Site:
 
 #: Faults the control API and the site accept.
 FAULTS = ("no_read", "short_pick", "overweight", "jam", "chute_full", "amr_estop", "amr_hold",
-          "amr_kill",
+          "amr_kill", "amr_field_violation", "amr_fatal", "amr_battery_low",
           "conveyor_restart", "sorter_restart", "ring_overrun", "start_orders", "stop_orders")
