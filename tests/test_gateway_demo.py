@@ -58,13 +58,14 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
         def complete() -> set[tuple[str, str]] | None:
             got = seen()
             want = {("scan-01", "scan"), ("conveyor-01", "move"), ("sorter-1", "move"),
-                    ("amr-fleet", "pick")}
+                    ("amr-fleet", "move")}
             return got if want <= got else None
 
         got = wait_until_sync(complete, 60,
-                              "scan, conveyor move, sorter move and AMR pick at the WMS",
+                              "scan, conveyor move, sorter move and AMR move at the WMS",
                               0.3, ignore=(OSError,))
         assert ("amr-fleet", "device_status") not in got  # telemetry is not routed to the WMS
+        assert ("amr-fleet", "pick") not in got  # loading a tote is not an inventory pick
 
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()

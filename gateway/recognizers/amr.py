@@ -96,8 +96,9 @@ class _Vehicle:
     #: Planned pickups and drops not finished yet: action id → (order, type, load, station).
     noted_plans: OrderedDict[str, tuple[str | None, str, str | None, str | None]] = field(
         default_factory=OrderedDict)
-    #: The note as last written (``b""``: none).
+    #: The note as last written (``b""``: none), and whether what it holds changed since.
     note: bytes = b""
+    dirty: bool = False
     loads: tuple[str, ...] | None = None
     statuses: dict[str, str] = field(default_factory=dict)
     order_id: str = ""
@@ -251,6 +252,7 @@ class AmrRecognizer:
             planned.popitem(last=False)
         while len(noted) > MAX_NOTED_PLANS:
             noted.popitem(last=False)
+        v.dirty = True
         # Kept with the order's commit: after a restart the drop still knows its order.
         note = self._note(plan.manufacturer, plan.serial, v)
         if note is not None:
@@ -271,6 +273,7 @@ class AmrRecognizer:
             prefix = f"{st.manufacturer}/{st.serial}/{st.order_id}/"
             v.reported = OrderedDict((k, None) for k in v.reported if k.startswith(prefix))
             v.order_id = st.order_id
+            v.dirty = True
         for action in st.actions:
             if action.status == "FINISHED" or action.status == "FAILED":
                 key = f"{st.manufacturer}/{st.serial}/{st.order_id}/{action.action_id}"
@@ -291,14 +294,16 @@ class AmrRecognizer:
         return events
 
     def _remember(self, v: _Vehicle, key: str) -> None:
+        v.dirty = True
         v.reported[key] = None
         if len(v.reported) > MAX_REPORTED:
             v.reported.popitem(last=False)
 
     def _note(self, manufacturer: str, serial: str, v: _Vehicle) -> RecognizerNote | None:
         """The vehicle's note, when it changed: plans, carries, reported actions, conditions."""
-        if not (v.carried or v.open or v.reported or v.noted_plans or v.note):
+        if not v.dirty:
             return None
+        v.dirty = False
         doc = {"order_id": v.order_id, "reported": list(v.reported),
                "plans": [[aid, *entry] for aid, entry in v.noted_plans.items()],
                "carried": [{"load": c.load, "from": c.station, "picked_at": c.picked_at,
@@ -319,6 +324,8 @@ class AmrRecognizer:
         now = conditions_of(st, v.open, Thresholds(self.battery_low, self.battery_clear))
         if not now and not v.open:
             return []
+        if now.keys() != v.open.keys():
+            v.dirty = True
         occurred = sig.source_time if sig.source_time is not None else sig.receive_time
         base = {"amr": st.serial, "vehicle": st.serial, "manufacturer": st.manufacturer,
                 "order_id": st.order_id or None, "header_id": st.header_id,

@@ -254,7 +254,8 @@ class Site:
                 "idle": self.idle(), "ledger_entries": len(self.ledger.entries),
                 "amrs_busy": self.amrs.busy(),
                 "sorter_up": self.sorter_up.is_set(), "conveyor": self.plc.state_dict(),
-                "amrs": {s: {"connected": v.link.connected.is_set(), "order": v.order_id}
+                "amrs": {s: {"connected": v.link.connected.is_set(), "order": v.order_id,
+                             "busy": not v.idle.is_set(), "loaded": bool(v.loads)}
                          for s, v in self.amrs.vehicles.items()}}
 
     def idle(self) -> bool:

@@ -48,6 +48,11 @@ class Kind:
     doc: str = ""
 
 
+def _condition(what: str) -> Kind:
+    """An AMR condition: raised and cleared (``…_cleared``), timed by the vehicle's state."""
+    return Kind("exception", True, "device", True, doc=f"{what} (raised, and cleared)")
+
+
 KINDS: Final[Mapping[str, Kind]] = {
     "pick_confirm": Kind("pick", False, "device", True,
                          doc="an operator confirms a pick at a put-wall station"),
@@ -76,12 +81,9 @@ KINDS: Final[Mapping[str, Kind]] = {
                               doc="an AMR's pick or drop fails (VDA 5050 action FAILED)"),
     "amr_connection_broken": Kind("exception", True, "gateway",
                                   doc="an AMR dies; the broker sends its last will"),
-    "amr_estop": Kind("exception", True, "device", True,
-                      doc="an AMR's emergency stop is pressed (and released)"),
-    "amr_field_violation": Kind("exception", True, "device", True,
-                                doc="something enters an AMR's protective field (and leaves)"),
-    "amr_fatal_error": Kind("exception", True, "device", True,
-                            doc="an AMR reports a FATAL error (and it is reset)"),
-    "amr_battery_low": Kind("exception", True, "device", True,
-                            doc="an AMR's battery falls below the low level (and is charged)"),
+    **{f"amr_{name}": _condition(what) for name, what in (
+        ("estop", "an AMR's emergency stop is pressed"),
+        ("field_violation", "something enters an AMR's protective field"),
+        ("fatal_error", "an AMR reports a FATAL error"),
+        ("battery_low", "an AMR's battery falls below the fleet's battery_low"))},
 }
