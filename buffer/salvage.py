@@ -766,8 +766,10 @@ def salvage(
     )
 
 
-#: The operator tables (schema 2) and their columns, copied as SQLite still reads them.
+#: The operator tables (schema 2), the recognizer notes (schema 3) and their columns,
+#: copied as SQLite still reads them.
 _OPERATOR_TABLES: Final = {
+    "notes": "device, key, value, updated",
     "audit": "id, at, who, via, action, count, ids, filter",
     "tallies": "day, type, sink, name, n",
     "discarded": "id, kind, sink, device, event_id, type, reason, body, context, created,"
@@ -776,7 +778,7 @@ _OPERATOR_TABLES: Final = {
 
 
 def _copy_operator_tables(moved: Path, dest: sqlite3.Connection) -> None:
-    """Copy the audit trail, the tallies and the discard archive, as far as SQLite can
+    """Copy the audit trail, the tallies, the discard archive and the notes, as far as SQLite can
     still read them (they are not rebuilt from pages: a table whose pages are damaged
     stays in the moved-aside file)."""
     try:
@@ -792,6 +794,8 @@ def _copy_operator_tables(moved: Path, dest: sqlite3.Connection) -> None:
                     dest.executemany(
                         f"INSERT OR IGNORE INTO {table}({columns}) VALUES ({marks})", rows)
             except sqlite3.Error as err:
+                if "no such table" in str(err):
+                    continue  # a file of an older schema never had it
                 log.warning("store_salvage_table_lost", path=str(moved), table=table,
                             error=str(err))
         with contextlib.suppress(sqlite3.Error):

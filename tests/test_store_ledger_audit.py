@@ -13,7 +13,7 @@ from buffer.deadletters import DeadLetterFilter
 from buffer.ledger import day_of
 from buffer.store import SCHEMA_VERSION, Store, StoreError
 from gateway.core.events import Event
-from gateway.core.records import IngestDeadLetter, SinkDeadLetter
+from gateway.core.records import IngestDeadLetter, RecognizerNote, SinkDeadLetter
 from gateway.forwarder import delivered_types
 
 DAY0 = 1_795_428_902.0  # 2026-11-23 10:15:02 UTC
@@ -254,6 +254,7 @@ def test_a_salvaged_store_keeps_its_audit_trail_and_tallies(tmp_path: Path,
     store.discard(ids[1:], who="bob")
     deliver(store, "wms")
     store.append([[event(i)] for i in range(300, 600)])  # pending, and lost with the file
+    store.append([[RecognizerNote("amr-fleet", "vehicle:M/AMR-1", b"carrying")]])
     trail, archived = store.audit_trail(), store.archived()
     report = store.reconciliation(day_of(DAY0))
     size = int(store._conn.execute("PRAGMA page_size").fetchone()[0])
@@ -269,6 +270,7 @@ def test_a_salvaged_store_keeps_its_audit_trail_and_tallies(tmp_path: Path,
     try:
         assert store.open_report.corrupt
         assert store.audit_trail() == trail
+        assert store.notes("amr-fleet") == {"vehicle:M/AMR-1": b"carrying"}
         assert store.archived() == archived
         after = store.reconciliation(day_of(DAY0))["types"]
         assert report["types"][0]["sinks"]["wms"]["pending"] == 300
