@@ -545,7 +545,11 @@ async def restore_notes(drivers: Iterable[object],
             if restore is None:
                 continue
             notes = await read(device)
-            if notes:
-                restore(notes)
-                restored += len(notes)
+            if not notes:
+                continue
+            problems = restore(notes) or []
+            for problem in problems:
+                # The vehicle starts without memory, as on a new store: never a crash loop.
+                log.warning("recognizer_note_unreadable", device=device, problem=problem)
+            restored += len(notes) - len(problems)
     return restored

@@ -560,3 +560,17 @@ def test_every_amr_event_validates_against_the_schema() -> None:
     bad = next(e.to_dict() for e in amr.events if e.type == "move")
     bad["data"]["picked_at"] = "yesterday"
     assert list(validator.iter_errors(bad))
+
+
+def test_unreadable_notes_are_skipped_and_named() -> None:
+    amr = Amr()
+    amr.feed("order", order("o1", PICK_DROP))
+    amr.feed("state", state(1, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"}))
+    good = dict(amr.notes)
+    rec = AmrRecognizer(site=SITE, device=DEVICE)
+    problems = rec.restore({**good, f"vehicle:{M}/AMR-9": b"{not json",
+                            "something-else": b"{}"})
+    assert len(problems) == 2
+    assert any("AMR-9" in p for p in problems) and any("not a vehicle note" in p
+                                                       for p in problems)
+    assert rec.carrying() == 1 and list(rec.vehicles()) == [f"{M}/{S}"]

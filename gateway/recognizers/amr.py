@@ -35,7 +35,6 @@ see happen (it was down) is dated and placed by the first state it sees.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -53,58 +52,25 @@ from gateway.core.reports import (
     VehicleError,
 )
 from gateway.recognizers.amr_conditions import Thresholds, conditions_of
+from gateway.recognizers.amr_vehicle import (
+    MAX_CARRIED,
+    MAX_NOTED_PLANS,
+    MAX_PLANNED_ACTIONS,
+    MAX_REPORTED,
+    NOTE_PREFIX,
+    Carry,
+    Vehicle,
+    note_of,
+    read_note,
+)
 
 __all__ = [
     "BROKEN_STATES", "ActionPlan", "ActionStatus", "AmrRecognizer", "ConnectionReport",
     "PlannedAction", "StateReport", "VehicleError",
 ]
 
-#: Planned actions (from orders and instant actions) remembered per vehicle.
-MAX_PLANNED_ACTIONS = 1024
-#: Terminal outcomes remembered per vehicle (so a repeated state emits nothing).
-MAX_REPORTED = 1024
-#: Loads remembered per vehicle between their pick and their drop.
-MAX_CARRIED = 64
-#: Planned pickups and drops kept in a vehicle's note (the latest ones).
-MAX_NOTED_PLANS = 16
-#: Prefix of a vehicle's recognizer note key (``vehicle:<manufacturer>/<serial>``).
-NOTE_PREFIX = "vehicle:"
-
 _STATUS_NAMES = {"ONLINE": "online", "OFFLINE": "offline", "CONNECTIONBROKEN": "connection_broken",
                  "CONNECTION_BROKEN": "connection_broken"}
-
-
-@dataclass(frozen=True, slots=True)
-class Carry:
-    """A load between its pickup and its drop."""
-
-    load: str | None
-    station: str | None
-    picked_at: float
-    order_id: str
-    action_id: str
-
-
-@dataclass(slots=True)
-class _Vehicle:
-    planned: OrderedDict[str, tuple[str | None, PlannedAction]] = field(
-        default_factory=OrderedDict)
-    reported: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    carried: OrderedDict[str, Carry] = field(default_factory=OrderedDict)
-    #: Open conditions: name → (source key of the raise, reason, data of the raise).
-    open: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
-    #: Planned pickups and drops not finished yet: action id → (order, type, load, station).
-    noted_plans: OrderedDict[str, tuple[str | None, str, str | None, str | None]] = field(
-        default_factory=OrderedDict)
-    #: The note as last written (``b""``: none), and whether what it holds changed since.
-    note: bytes = b""
-    dirty: bool = False
-    loads: tuple[str, ...] | None = None
-    statuses: dict[str, str] = field(default_factory=dict)
-    order_id: str = ""
-    connection: str | None = None
-    connection_key: str | None = None
-    last_header: int | None = None
 
 
 @dataclass(slots=True)
@@ -134,7 +100,7 @@ class AmrRecognizer:
     #: Finished actions that are neither pick nor drop, or of unknown type.
     unclassified: int = 0
     evicted_vehicles: int = 0
-    _vehicles: OrderedDict[tuple[str, str], _Vehicle] = field(default_factory=OrderedDict,
+    _vehicles: OrderedDict[tuple[str, str], Vehicle] = field(default_factory=OrderedDict,
                                                                repr=False)
 
     # -- public -------------------------------------------------------------------------
@@ -167,36 +133,28 @@ class AmrRecognizer:
         return {f"{m}/{s}": sorted(reason for _, reason, _ in v.open.values())
                 for (m, s), v in self._vehicles.items() if v.open}
 
-    def restore(self, notes: Mapping[str, bytes]) -> None:
+    def restore(self, notes: Mapping[str, bytes]) -> list[str]:
         """Take back the vehicles' notes (``RecognizerNote``) the store kept, at start.
 
-        Raises:
-            ValueError: naming the note that is not one this recognizer wrote.
+        Returns what was wrong with the notes it could not read (each skipped:
+        that vehicle starts without memory, as on a new store).
         """
+        problems: list[str] = []
         for key, value in notes.items():
-            if not key.startswith(NOTE_PREFIX):
-                raise ValueError(f"recognizer note {key!r} of {self.device}: not a vehicle note")
-            manufacturer, _, serial = key[len(NOTE_PREFIX):].partition("/")
+            manufacturer, _, serial = key.removeprefix(NOTE_PREFIX).partition("/")
+            if not key.startswith(NOTE_PREFIX) or not serial:
+                problems.append(f"{key!r}: not a vehicle note")
+                continue
+            fresh = Vehicle()
             try:
-                doc = json.loads(value)
-                v = self._vehicle(manufacturer, serial)
-                v.order_id = str(doc["order_id"])
-                for k in doc["reported"]:
-                    v.reported[str(k)] = None
-                for aid, order_id, kind, load, station in doc["plans"]:
-                    v.noted_plans[str(aid)] = (order_id, str(kind), load, station)
-                    params = {self.load_parameter: load, self.station_parameter: station}
-                    v.planned[str(aid)] = (order_id, PlannedAction(
-                        str(aid), str(kind), {k: x for k, x in params.items() if x}))
-                for c in doc["carried"]:
-                    carry = Carry(c["load"], c["from"], float(c["picked_at"]),
-                                  str(c["order_id"]), str(c["action_id"]))
-                    v.carried[carry.load or ""] = carry
-                v.open = {str(name): (str(o["key"]), str(o["reason"]), dict(o["data"]))
-                          for name, o in doc["open"].items()}
+                read_note(fresh, value, self.load_parameter, self.station_parameter)
             except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"recognizer note {key!r} of {self.device}: {err!r}") from err
-            v.note = bytes(value)
+                problems.append(f"{key!r}: {err!r}")
+                continue
+            v = self._vehicle(manufacturer, serial)
+            self._vehicles[(manufacturer, serial)] = fresh
+            fresh.connection, fresh.connection_key = v.connection, v.connection_key
+        return problems
 
     def connection_counts(self) -> dict[str, int]:
         """How many vehicles are in each connection state (``unknown``: none seen yet)."""
@@ -219,12 +177,12 @@ class AmrRecognizer:
     # -- messages ------------------------------------------------------------------------
 
     def _vehicle(self, manufacturer: str, serial: str,
-                 out: list[Record] | None = None) -> _Vehicle:
+                 out: list[Record] | None = None) -> Vehicle:
         key = (manufacturer, serial)
         vehicles = self._vehicles
         v = vehicles.get(key)
         if v is None:
-            v = vehicles[key] = _Vehicle()
+            v = vehicles[key] = Vehicle()
             if len(vehicles) > self.max_vehicles:
                 (m, s), gone = vehicles.popitem(last=False)
                 self.evicted_vehicles += 1
@@ -293,33 +251,25 @@ class AmrRecognizer:
             events.append(note)
         return events
 
-    def _remember(self, v: _Vehicle, key: str) -> None:
+    def _remember(self, v: Vehicle, key: str) -> None:
         v.dirty = True
         v.reported[key] = None
         if len(v.reported) > MAX_REPORTED:
             v.reported.popitem(last=False)
 
-    def _note(self, manufacturer: str, serial: str, v: _Vehicle) -> RecognizerNote | None:
-        """The vehicle's note, when it changed: plans, carries, reported actions, conditions."""
+    def _note(self, manufacturer: str, serial: str, v: Vehicle) -> RecognizerNote | None:
+        """The vehicle's note, when what it holds changed (``None`` value: delete it)."""
         if not v.dirty:
             return None
         v.dirty = False
-        doc = {"order_id": v.order_id, "reported": list(v.reported),
-               "plans": [[aid, *entry] for aid, entry in v.noted_plans.items()],
-               "carried": [{"load": c.load, "from": c.station, "picked_at": c.picked_at,
-                            "order_id": c.order_id, "action_id": c.action_id}
-                           for c in v.carried.values()],
-               "open": {name: {"key": key, "reason": reason, "data": data}
-                        for name, (key, reason, data) in v.open.items()}}
-        empty = not (v.carried or v.open or v.reported or v.noted_plans)
-        value = b"" if empty else json.dumps(doc, separators=(",", ":")).encode()
+        value = note_of(v)
         if value == v.note:
             return None
         v.note = value
         return RecognizerNote(self.device, f"{NOTE_PREFIX}{manufacturer}/{serial}",
                               value or None)
 
-    def _conditions(self, sig: Signal, st: StateReport, v: _Vehicle) -> list[Event]:
+    def _conditions(self, sig: Signal, st: StateReport, v: Vehicle) -> list[Event]:
         """Raise what the state shows newly, clear what it no longer shows."""
         now = conditions_of(st, v.open, Thresholds(self.battery_low, self.battery_clear))
         if not now and not v.open:
@@ -353,7 +303,7 @@ class AmrRecognizer:
                       "raised_event_id": make_event_id(self.site, self.device, key)}))
         return out
 
-    def _terminal(self, sig: Signal, st: StateReport, v: _Vehicle, action: ActionStatus,
+    def _terminal(self, sig: Signal, st: StateReport, v: Vehicle, action: ActionStatus,
                   key: str) -> Event | None:
         entry = v.planned.get(action.action_id)
         plan = entry[1] if entry is not None else None
@@ -396,7 +346,7 @@ class AmrRecognizer:
         self.unclassified += 1
         return None
 
-    def _pickup(self, st: StateReport, v: _Vehicle, plan: PlannedAction | None,
+    def _pickup(self, st: StateReport, v: Vehicle, plan: PlannedAction | None,
                 action: ActionStatus, occurred: float) -> None:
         """Start a carry (kept in the vehicle's note); a restored one is kept as it was."""
         if any(c.order_id == st.order_id and c.action_id == action.action_id
@@ -462,7 +412,7 @@ class AmrRecognizer:
         return st.last_node_id or None
 
     @staticmethod
-    def _picked_load(v: _Vehicle, st: StateReport) -> str | None:
+    def _picked_load(v: Vehicle, st: StateReport) -> str | None:
         now = st.loads or ()
         new = [x for x in now if x not in (v.loads or ())]
         if len(new) == 1:
@@ -470,7 +420,7 @@ class AmrRecognizer:
         return now[0] if len(now) == 1 else None
 
     @staticmethod
-    def _dropped_load(v: _Vehicle, st: StateReport) -> str | None:
+    def _dropped_load(v: Vehicle, st: StateReport) -> str | None:
         now = st.loads or ()
         gone = [x for x in (v.loads or ()) if x not in now]
         if len(gone) == 1:
@@ -481,7 +431,7 @@ class AmrRecognizer:
         return None
 
     @staticmethod
-    def _take_carry(v: _Vehicle, load: str | None) -> Carry | None:
+    def _take_carry(v: Vehicle, load: str | None) -> Carry | None:
         """The carry the drop of ``load`` ends (the only one, when the load is unknown)."""
         key = load or ""
         if key in v.carried:
@@ -490,7 +440,7 @@ class AmrRecognizer:
             return v.carried.popitem()[1]
         return None
 
-    def _ordered_origin(self, v: _Vehicle, load: str | None) -> str | None:
+    def _ordered_origin(self, v: Vehicle, load: str | None) -> str | None:
         """Where the order said ``load`` would be picked (no pickup was seen)."""
         if load is not None:
             for _, planned in reversed(v.planned.values()):
