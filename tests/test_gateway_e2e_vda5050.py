@@ -52,6 +52,8 @@ class Master:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   protocol=mqtt.MQTTv5)
         self.states: dict[str, dict[str, Any]] = {}
+        #: Action id → timestamp of the first state showing it FINISHED.
+        self.first_finished: dict[str, str] = {}
         self.client.on_message = self._state
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(f"uagv/v2/{M}/+/state", 0)
@@ -61,6 +63,9 @@ class Master:
     def _state(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         doc = json.loads(msg.payload)
         self.states[doc["serialNumber"]] = doc
+        for a in doc["actionStates"]:
+            if a["actionStatus"] == "FINISHED":
+                self.first_finished.setdefault(a["actionId"], doc["timestamp"])
 
     def status(self, serial: str, action_id: str) -> str | None:
         """The status of an action in the vehicle's last state."""
@@ -184,7 +189,7 @@ async def test_gateway_killed_mid_carry_reports_the_whole_move(
         master.send("AMR-0001", "order", order)
         await wait_until(lambda: master.status("AMR-0001", "ORD-K-p") == "FINISHED", 20,
                          "the pickup finished", 0.02)
-        picked_at = master.states["AMR-0001"]["timestamp"]  # the first state showing it
+        picked_at = master.first_finished["ORD-K-p"]
         await wait_until(lambda: gw.status()["devices"][FLEET]["carrying"] == 1, 5,
                          "the gateway saw the pickup", 0.02)
         await asyncio.sleep(0.3)  # its group commit
