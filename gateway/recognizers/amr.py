@@ -271,7 +271,12 @@ class AmrRecognizer:
 
     def _conditions(self, sig: Signal, st: StateReport, v: Vehicle) -> list[Event]:
         """Raise what the state shows newly, clear what it no longer shows."""
-        now = conditions_of(st, v.open, Thresholds(self.battery_low, self.battery_clear))
+        low, charge = self.battery_low, st.battery_charge
+        if (not v.open and not st.errors and not st.field_violation
+                and (st.estop is None or st.estop == "NONE")
+                and (low is None or charge is None or charge >= low)):
+            return []  # the common state: nothing open, nothing to open
+        now = conditions_of(st, v.open, Thresholds(low, self.battery_clear))
         if not now and not v.open:
             return []
         if now.keys() != v.open.keys():
