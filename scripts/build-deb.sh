@@ -11,6 +11,8 @@
 # fails if any is left. Needs: python3.11 with venv (python3.11-venv), dpkg-deb,
 # and the package index (or a pip cache / PIP_FIND_LINKS) for the pinned wheels.
 set -euo pipefail
+# The build uses only its own venv: nothing from the caller's environment.
+unset PYTHONPATH PYTHONHOME VIRTUAL_ENV
 cd "$(dirname "$0")/.."
 repo=$PWD
 
