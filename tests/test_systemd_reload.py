@@ -43,6 +43,7 @@ async def test_reload_applies_live_keys_names_restart_keys_and_rejects_a_bad_con
                              20, "the sink paused on the wrong token")
             assert _at_wms(wms) == 0
 
+            assert '"level": "debug"' not in gw.log_text()  # log.level is info
             doc = setup.document()
             doc["sinks"][0]["token_file"] = tmp_path / "beta.token"
             doc["log"]["level"] = "debug"
@@ -70,7 +71,13 @@ async def test_reload_applies_live_keys_names_restart_keys_and_rejects_a_bad_con
             await wait_until(lambda: len(sock.with_key("READY")) >= 3, 10, "READY=1 again")
             assert "REJECTED" in sock.with_key("READY")[-1][1]["STATUS"]
 
-            await publish(fleet, 5)  # the running config still works, token and all
+            # The running config still works, token, log level and all: during an
+            # outage the sink's retries are logged at debug level.
+            await wms.set_outage(True)
+            await publish(fleet, 5)
+            retry = await asyncio.to_thread(gw.wait_for_log_event, "sink_retry", 20)
+            assert retry["level"] == "debug"
+            await wms.set_outage(False)
             await wait_until(lambda: _at_wms(wms) == 15, 30, "the 5 new reads at the WMS")
         finally:
             fleet.close()
