@@ -81,7 +81,9 @@ def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port
         "brokers": [{"id": "site", "host": "127.0.0.1", "port": broker_port}],
         "devices": devices,
         "sinks": [
-            {"id": "wms", "type": "http", "url": wms_url, "routes": WMS_ROUTES},
+            # A short backoff: after a demo outage the backlog drains seconds later.
+            {"id": "wms", "type": "http", "url": wms_url, "routes": WMS_ROUTES,
+             "backoff_max": "5s"},
             {"id": "mqtt-out", "type": "mqtt", "broker": "site", "prefix": "wh"},
         ],
         "status": {"host": "127.0.0.1", "port": status_port,

@@ -17,42 +17,27 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from demo import DemoProcess, get_json
 from waiting import wait_until_sync
 
 from gateway.ops.demo_text import device_kind
-from simulators.broker import free_port
-from simulators.harness.process import ChildProcess, python_module
 from simulators.site import SiteLayout, site_devices
 
 ORDERS = 6
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
 def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
-    status_port = free_port()
-    out_path = tmp_path / "demo.out"
-    proc = ChildProcess("demo", python_module(
-        "gateway", "demo", "--status-port", str(status_port), "--data-dir",
-        str(tmp_path / "site"), "--orders", str(ORDERS), "--order-rate", "2", "--verify",
-        "--duration", "240"), out_path)
-    proc.start()
+    proc = DemoProcess(tmp_path, "--orders", str(ORDERS), "--order-rate", "2", "--verify",
+                       "--duration", "240")
+    out_path = proc.out
+    status_port = proc.status_port
     try:
-        def banner() -> tuple[str, str] | None:
-            text = out_path.read_text("utf-8", errors="replace")
-            wms = re.search(r"stats: (http://127\.0\.0\.1:\d+)/stats", text)
-            site = re.search(r"site control +(http://127\.0\.0\.1:\d+)/state", text)
-            return (wms.group(1), site.group(1)) if wms and site else None
-
-        control, site_control = wait_until_sync(banner, 60, "the demo banner", 0.3,
-                                                ignore=(OSError,))
+        proc.start()
+        control, site_control = proc.wms_control, proc.site_control
         status = f"http://127.0.0.1:{status_port}/api/status"
 
         def all_connected() -> dict[str, Any] | None:
-            devices: dict[str, Any] = _get(status)["devices"]
+            devices: dict[str, Any] = get_json(status)["devices"]
             return devices if devices and all(d.get("connected") for d in devices.values()) \
                 else None
 
@@ -64,7 +49,7 @@ def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
         assert {d["driver"] for d in devices.values()} == {"mqtt", "modbus", "opcua", "vda5050"}
 
         def complete() -> set[tuple[str, str]] | None:
-            page = _get(f"{control}/events?limit=10000")["events"]
+            page = get_json(f"{control}/events?limit=10000")["events"]
             got = {(r["event"]["device"], r["event"]["type"]) for r in page}
             want = {("conveyor-01", "move"), ("sorter-1", "scan"), ("sorter-1", "move"),
                     ("amr-fleet", "move")}
@@ -74,7 +59,7 @@ def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
         got = wait_until_sync(complete, 90, "events of every device at the WMS", 0.5,
                               ignore=(OSError,))
         assert not {t for _, t in got} - {"scan", "pick", "pack", "move", "exception"}
-        state = _get(f"{site_control}/state")
+        state = get_json(f"{site_control}/state")
         assert state["orders"] >= 1 and state["ledger_entries"] > 0
 
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
@@ -85,7 +70,7 @@ def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
         assert bad == [], bad
         for dev in devices:
             assert f'wh_device_messages_total{{device="{dev}"}}' in metrics
-        wait_until_sync(lambda: _get(f"{site_control}/state")["orders"] >= ORDERS, 60,
+        wait_until_sync(lambda: get_json(f"{site_control}/state")["orders"] >= ORDERS, 60,
                         "every order made", 0.5, ignore=(OSError,))
     finally:
         # Ctrl-C, as an operator at the terminal would stop it.
