@@ -73,9 +73,11 @@ async def test_try_vendor_sorter_shows_each_confirm_and_the_unknown_code(
     # The code the mapping does not know: its dead letter names it, with the raw value.
     (dead,) = run.of("dead_letter")
     (unknown,) = [e for e in ledger if e["result_code"] == UNKNOWN]
-    assert dead["device"] == SORTER and "ResultCode" in dead["reason"], dead
-    assert str(UNKNOWN) in dead["reason"] or f'"ResultCode": {UNKNOWN}' in dead["payload"], dead
-    assert str(unknown["parcel_id"]) in dead["payload"], dead
+    assert dead["device"] == SORTER
+    assert dead["reason"] == f"unmapped_value: field 'ResultCode' value {UNKNOWN} is not mapped"
+    assert dead["context"] == {"point": "divert", "field": "ResultCode", "value": str(UNKNOWN)}
+    assert f'"ParcelId": {unknown["parcel_id"]}, "Sequence": {unknown["sequence"]}, ' \
+        f'"ResultCode": {UNKNOWN}' in dead["payload"], dead
     (summary,) = run.of("summary")
     assert summary["signals"] >= len(ledger)
     assert_nothing_kept(tmp_path, wms)
