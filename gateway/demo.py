@@ -25,8 +25,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.logs import configure_logging
@@ -34,7 +32,6 @@ from gateway.ops.demo_text import DemoSite, closing_line, device_kind, try_this,
 
 __all__ = ["add_arguments", "demo_config", "demo_config_text", "run_demo"]
 
-log = structlog.get_logger(__name__)
 
 #: Event types the WMS takes (telemetry such as device_status stays on MQTT).
 WMS_ROUTES = ["scan", "pick", "pack", "move", "exception"]
