@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -141,6 +141,8 @@ class CommitStats:
     commits: int = 0
     units: int = 0
     events: int = 0
+    #: ``events`` by event type (what each sink's routes take of them is its "events in").
+    events_by_type: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     dead_letters: int = 0
     evicted_telemetry: int = 0
@@ -182,11 +184,30 @@ class Committer:
         self._empty = asyncio.Event()
         self._empty.set()
         self.stats = CommitStats()
+        #: Monotonic times for the watchdog (``stalled_s``).
+        self._pending_since = 0.0
+        self._progress_at = 0.0
 
     @property
     def pending(self) -> int:
         """Units waiting for a commit."""
         return len(self._pending)
+
+    def stalled_s(self, now: float) -> float:
+        """How long units have waited with no commit finishing (0 when none wait).
+
+        A full store is not stalled: each retry of its commit finishes.
+        """
+        if not self._pending:
+            return 0.0
+        return max(0.0, now - max(self._pending_since, self._progress_at))
+
+    def _queue(self, unit: _Unit) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(unit)
+        self._empty.clear()
+        self._wake.set()
 
     @property
     def full(self) -> bool:
@@ -210,9 +231,7 @@ class Committer:
         """
         if len(self._pending) >= self._max_pending:
             raise Backpressure(f"{len(self._pending)} units are waiting for the store")
-        self._pending.append(_Unit(records, on_commit, None))
-        self._empty.clear()
-        self._wake.set()
+        self._queue(_Unit(records, on_commit, None))
 
     async def append(self, records: Sequence[Record]) -> None:
         """Queue records and wait until they are committed (accepted)."""
@@ -220,9 +239,7 @@ class Committer:
             self._room.clear()
             await self._room.wait()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Unit(records, None, fut))
-        self._empty.clear()
-        self._wake.set()
+        self._queue(_Unit(records, None, fut))
         await fut
 
     async def flushed(self) -> None:
@@ -282,6 +299,7 @@ class Committer:
             self._service.store.append, [u.records for u in group]
         )
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
+        self._progress_at = time.monotonic()
         done = result.units_committed
         for _ in range(done):
             self._pending.popleft()
@@ -336,6 +354,7 @@ class Committer:
         s.commits += 1
         s.units += r.units_committed
         s.events += r.inserted
+        s.events_by_type.update(r.inserted_by_type)
         s.duplicates += r.duplicates
         s.dead_letters += r.dead_letters
         s.evicted_telemetry += r.evicted_telemetry
@@ -351,6 +370,7 @@ class Committer:
             "pending_units": len(self._pending),
             "commits": s.commits,
             "events": s.events,
+            "events_by_type": dict(s.events_by_type),
             "duplicates": s.duplicates,
             "ingest_dead_letters": s.dead_letters,
             "evicted_telemetry": s.evicted_telemetry,
