@@ -55,6 +55,8 @@ class SiteVehicle(Vehicle):
         self._next_will = b""
         self.estop = False
         self.field_violation = False
+        #: A battery_low fault holds the charge down (no charging at the dock meanwhile).
+        self.draining = False
         #: The FATAL error shown while set (its ``errorType``).
         self.fatal: str | None = None
         #: Conditions the last published state showed: name → (ledger fields of the raise).
@@ -273,9 +275,13 @@ class AmrDispatcher:
         def drain(v: SiteVehicle) -> None:
             charged[v.serial] = max(v.battery, BATTERY_CLEAR + 10.0)
             v.battery = level
+            v.draining = True
 
-        return self._spell("battery_low", seconds, drain,
-                           lambda v: setattr(v, "battery", charged[v.serial]))
+        def charge(v: SiteVehicle) -> None:
+            v.battery = charged[v.serial]
+            v.draining = False
+
+        return self._spell("battery_low", seconds, drain, charge)
 
     def _condition(self, v: SiteVehicle, name: str, raised: dict[str, Any] | None,
                    st: dict[str, Any]) -> None:
@@ -352,6 +358,10 @@ class AmrDispatcher:
                 while v.order_id != order_id:
                     await asyncio.sleep(0.05)
         await v.idle.wait()
+        if v.battery < BATTERY_CLEAR + 10.0 and not v.draining:
+            # Charged at the dock between orders, before it could run low on its own.
+            v.battery = 100.0
+            v.publish_state()
         await asyncio.sleep(self.rest_s)
         if self.vehicles.get(v.serial) is v:
             self._release(v.serial)
