@@ -20,6 +20,7 @@ from drivers.modbus.config import ModbusDevice
 from drivers.mqtt.config import MqttDevice, ScannerFields
 from drivers.opcua.config import OpcuaDevice
 from drivers.vda5050.config import Vda5050Device
+from gateway.core.codes import CodeRule
 from gateway.core.config import (
     ByteSize,
     Duration,
@@ -38,6 +39,7 @@ from gateway.core.events import EVENT_TYPES
 from gateway.core.suggest import nearest_key
 from gateway.core.tls import ClientTls
 from gateway.mapping.check import mapping_problems
+from gateway.mapping.stations import station_problems
 from gateway.transport.config import BrokerConfig
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ class SiteConfig(Model):
     """The site this gateway serves."""
 
     id: Identifier
+    #: What each code is, by its shape (``[[site.codes]]``: gateway.core.codes).
+    codes: list[CodeRule] = []
 
 
 def _size_or_zero(value: object) -> int:
@@ -269,6 +273,7 @@ class GatewayConfig(Model):
                 )
         for i, dev in enumerate(self.devices):
             problems.extend(mapping_problems(dev, f"devices[{i}]"))
+            problems.extend(station_problems(dev, f"devices[{i}]"))
         if problems:
             raise ValueError("\n".join(problems))
         return self

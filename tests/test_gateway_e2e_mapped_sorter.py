@@ -55,7 +55,7 @@ def check_event(event: dict[str, Any], entry: dict[str, Any]) -> None:
     if code == 0:
         assert event["type"] == "move"
         assert data["to"] == entry["destination"]
-        assert event["correlation_id"] == f"code:{entry['label']}"
+        assert event["correlation_id"] == f"container:{entry['label']}"
     else:
         assert event["type"] == "exception"
         assert data["reason"] == REASONS[code]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,7 @@ from simulators.broker import MosquittoBroker
 from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.harness.site import SiteProcess
 from simulators.site import SiteLayout, read_ledger, verify
+from simulators.site.config import site_codes
 from simulators.wms import WmsSimulator
 
 ROUTES = ["scan", "pick", "pack", "move", "exception"]
@@ -39,7 +41,8 @@ def _gateway(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator,
              site: SiteProcess) -> GatewayProcess:
     return GatewayProcess(GatewaySetup(
         workdir=tmp_path / "gw", broker_port=broker.port, wms_url=wms.url, scanners=0,
-        devices=site.devices(), http_extra={"routes": ROUTES}))
+        devices=site.devices(), http_extra={"routes": ROUTES},
+        site_extra={"codes": site_codes()}))
 
 
 async def _run_site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator, *,
@@ -99,6 +102,8 @@ async def _faults(site: SiteProcess, gw: GatewayProcess, wms: WmsSimulator) -> N
     await fault("no_read", count=2)
     await fault("short_pick", count=2)
     await fault("overweight", count=1)
+    await fault("underweight", count=1)
+    await fault("item_not_in_order", count=1)
     await asyncio.sleep(3)
     await wms.outage_for(4.0)
     await fault("conveyor_restart", mode="warm", down_s=1.0)
@@ -131,8 +136,12 @@ async def test_site_with_faults_truth_check_is_clean(tmp_path: Path, broker: Mos
         faults=lambda site, gw: _faults(site, gw, wms))
     _assert_truth(report)
     # The faults happened and were checked, not skipped.
-    kinds = report["unchecked_kinds"]
-    assert kinds.get("short_pick") == 2 and kinds.get("pack_overweight") == 1
+    counted = Counter(ev["data"].get("reason") for ev in events if ev["type"] == "exception")
+    assert counted["short_pick"] == 2 and counted["overweight"] == 1
+    assert counted["underweight"] == 1 and counted["item_not_in_order"] == 1
+    assert sum(ev["type"] == "pack" for ev in events) == 20
+    # Every kind but the AMR's emergency stop is under the check.
+    assert set(report["unchecked_kinds"]) <= {"amr_estop"}
     assert report["lost_by_device"] > 0 and report["lost_reported"] == report["lost_by_device"]
     reasons = {ev["data"].get("reason") for ev in events if ev["type"] == "exception"}
     assert {"no_read", "jam", "jam_cleared", "chute_full", "tracking_lost",

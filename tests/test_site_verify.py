@@ -23,8 +23,9 @@ def _ledger(tmp_path: Path) -> Ledger:
                fields={"container": "TOTE-1", "to": "CHUTE-01"})
     led.record("conveyor_move", "move", "conveyor-01", "trk:1:7", T0 + 2, container="TOTE-2",
                fields={"container": "TOTE-2", "seq": 7, "boot": 1})
-    led.record("pack_close", "pack", "pack-01", "close:CARTON-1", T0 + 3, container="CARTON-1",
-               fields={"carton": "CARTON-1"})
+    # A kind the gateway does not produce yet (an AMR's emergency stop).
+    led.record("amr_estop", "exception", "amr-fleet", "estop:AMR-1:1", T0 + 3, container=None,
+               fields={"reason": "emergency_stop"})
     return led
 
 
@@ -38,7 +39,7 @@ def _event(entry: dict[str, Any], **over: Any) -> dict[str, Any]:
 
 
 def _events(led: Ledger) -> list[dict[str, Any]]:
-    return [_event(e.to_json()) for e in led.entries if e.kind != "pack_close"]
+    return [_event(e.to_json()) for e in led.entries if e.kind != "amr_estop"]
 
 
 def test_exact_delivery_is_clean_and_the_file_reads_back(tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_exact_delivery_is_clean_and_the_file_reads_back(tmp_path: Path) -> None
     report = verify(entries, _events(led))
     assert report["ok"] and report["expected"] == 3 and report["delivered"] == 3
     # A kind the gateway does not produce yet is written, not counted as missing.
-    assert report["unchecked_kinds"] == {"pack_close": 1}
+    assert report["unchecked_kinds"] == {"amr_estop": 1}
     # Redelivered duplicates are the WMS's business; a line printed is one JSON line.
     assert "\n" not in json.dumps(report)
 
@@ -94,8 +95,8 @@ def test_a_move_the_device_lost_must_be_reported_as_an_exception(tmp_path: Path)
 
 def test_kinds_can_be_named_and_unknown_ones_are_refused(tmp_path: Path) -> None:
     led = _ledger(tmp_path)
-    report = verify(led.entries, _events(led), kinds=["induct_scan", "pack_close"])
-    assert report["by_type"]["pack"]["missing"] == 1
+    report = verify(led.entries, _events(led), kinds=["induct_scan", "amr_estop"])
+    assert report["by_type"]["exception"]["missing"] == 1
     with pytest.raises(ValueError, match="unknown ledger kinds"):
         verify(led.entries, [], kinds=["teleport"])
 
