@@ -200,6 +200,22 @@ def test_after_a_restart_the_retained_task_recovers_the_open_pack() -> None:
     assert isinstance(bench.close(8)[0], IngestDeadLetter)
 
 
+def test_a_close_queued_before_the_retained_task_is_booked_when_the_task_comes() -> None:
+    bench = Bench()
+    bench.scale(1.5)
+    dead = bench.close(7)
+    assert isinstance(dead[0], IngestDeadLetter)
+    close_time = bench.t
+    pack = _events(bench.task(ITEMS))[0]
+    assert pack["event_id"] == make_event_id(SITE, DEV, "close:7")
+    assert pack["occurred_at"] == format_time(close_time)
+    assert pack["data"]["items"] == ITEMS and pack["data"]["recovered"] is True
+    # A task for another carton does not take a close that names its own.
+    bench = Bench()
+    bench.close(8, carton="CARTON-9")
+    assert bench.task(ITEMS) == []
+
+
 def test_without_site_codes_the_task_and_the_order_of_scans_tell_codes_apart() -> None:
     bench = Bench(codes=None)
     out = _pack(bench)

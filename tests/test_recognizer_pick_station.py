@@ -88,15 +88,22 @@ def test_a_confirm_without_a_task_is_a_dead_letter_naming_it() -> None:
     assert out[0].reason.startswith("unknown_task:") and "'T-9'" in out[0].reason
     assert out[0].context["topic"] == f"{TOPIC}/confirm"
     assert b'"T-9"' in out[0].payload
-    assert rec.figures()["unknown_confirms"] == 1
+    assert rec.figures()["station"]["unknown_confirms"] == 1
 
 
-def test_out_of_order_confirm_before_its_task_then_the_task() -> None:
+def test_out_of_order_confirm_before_its_task_is_booked_when_the_task_comes() -> None:
+    """After a restart the session's queued confirm comes before the retained task."""
     rec = _rec()
-    assert isinstance(rec.feed(_confirm("T-2", qty=3))[0], IngestDeadLetter)
-    rec.feed(_task("T-2"))
-    # The device redelivers the confirm (it was dead-lettered, not lost): now it books.
-    assert [e["type"] for e in _docs(rec.feed(_confirm("T-2", qty=3)))] == ["pick"]
+    assert isinstance(rec.feed(_confirm("T-2", qty=1))[0], IngestDeadLetter)
+    late = _docs(rec.feed(_task("T-2")))
+    assert [e["type"] for e in late] == ["pick", "exception"]
+    assert late[0]["event_id"] == make_event_id(SITE, DEV, "task:T-2:confirm")
+    assert late[0]["occurred_at"] == format_time(T0 + 5) and late[0]["data"]["qty"] == 1
+    assert rec.figures()["station"]["booked_late"] == 1
+    # Once booked, the task shown again books nothing more; a repeat confirm has the ids.
+    assert rec.feed(_task("T-2")) == []
+    assert [e["event_id"] for e in _docs(rec.feed(_confirm("T-2", qty=1)))] == [
+        e["event_id"] for e in late]
 
 
 def test_interleaved_tasks_keep_their_own_fields() -> None:
@@ -113,7 +120,7 @@ def test_the_oldest_tasks_are_forgotten_past_max_open() -> None:
     rec = _rec(max_open=2)
     for n in range(3):
         rec.feed(_task(f"T-{n}"))
-    assert rec.open_tasks() == 2 and rec.figures()["forgotten_tasks"] == 1
+    assert rec.open_tasks() == 2 and rec.figures()["station"]["forgotten_tasks"] == 1
     assert isinstance(rec.feed(_confirm("T-0"))[0], IngestDeadLetter)
 
 

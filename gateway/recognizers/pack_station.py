@@ -85,6 +85,9 @@ class PackStationRecognizer(StationBase):
     _open: OrderedDict[str, _Pack] = field(default_factory=OrderedDict, repr=False)
     _current: str | None = None
     _latest_task: str | None = None
+    #: A close that found nothing open (after a restart, the session's queued close comes
+    #: before the retained task): booked when a task of a container not closed arrives.
+    _orphan_close: tuple[Message, float] | None = None
 
     @property
     def inputs(self) -> frozenset[str] | None:
@@ -118,7 +121,7 @@ class PackStationRecognizer(StationBase):
             msg = self._input.read(sig, self.values)
             out = self._abandoned(msg.time, sig.receive_time)
             if msg.kind == "task":
-                self._task(msg.fields)
+                out += self._task(msg.fields)
             elif msg.kind == "scan":
                 out += self._scan(sig, msg)
             elif msg.kind == "scale":
@@ -133,7 +136,7 @@ class PackStationRecognizer(StationBase):
 
     # -- tasks -----------------------------------------------------------------------
 
-    def _task(self, f: Any) -> None:
+    def _task(self, f: Any) -> list[Record]:
         container = as_text(f["container"], "container")
         assert container is not None
         raw_items = f.get("items", MISSING)
@@ -158,6 +161,14 @@ class PackStationRecognizer(StationBase):
         self._tasks.move_to_end(container)
         self._latest_task = container
         self._trim(self._tasks)
+        orphan, self._orphan_close = self._orphan_close, None
+        if orphan is None or container in self._closed or container in self._open:
+            return []
+        carton = as_text(orphan[0].fields.get("carton", MISSING), "carton")
+        task_carton = self._tasks[container].carton
+        if carton is not None and task_carton is not None and carton != task_carton:
+            return []
+        return self._close(*orphan)
 
     def _trim(self, d: OrderedDict[str, Any]) -> None:
         while len(d) > self.config.max_open:
@@ -240,6 +251,7 @@ class PackStationRecognizer(StationBase):
         seq = as_text(f["seq"], "seq")
         pack = self._pack_for(msg.time, f"close:{seq}")
         if pack is None:
+            self._orphan_close = (msg, received)
             raise StationReject("no_open_pack", f"close {seq!r} with no pack open at the "
                                 "station (no source container scanned, no pack task)")
         task = self._tasks.get(pack.container)
@@ -305,6 +317,7 @@ class PackStationRecognizer(StationBase):
         return out
 
     def figures(self) -> dict[str, Any]:
-        """Counts for the status API."""
-        return {"packs": self.packs, "scans": self.scans, "exceptions": self.exceptions,
-                "open_packs": len(self._open), "tasks": len(self._tasks)}
+        """Counts for the status API (``devices.<id>.station``)."""
+        return {"station": {"packs": self.packs, "scans": self.scans,
+                            "exceptions": self.exceptions, "open_packs": len(self._open),
+                            "tasks": len(self._tasks)}}

@@ -14,12 +14,16 @@ device's time). Field names come from ``[devices.station]``
   station's device: a redelivered confirm (QoS 1) yields the same ids; the
   task stays remembered after its confirm, so a repeat is recognized again.
 - A confirm of a task this station has not shown → ingest dead letter
-  ``unknown_task`` naming the task id.
+  ``unknown_task`` naming the task id. The confirm is also kept (up to
+  ``max_open``): when its task arrives after all, the pick is booked then,
+  with the confirm's time and ids.
 
 Restart: the recognizer's memory is the tasks it has seen. The station
 publishes its task *retained* on its task topic; the gateway's MQTT driver
 subscribes on every connect, so after a restart the broker hands it the task
-again before any confirm it has not acknowledged (docs/stations.md).
+again. Messages queued in the gateway's session while it was down come
+first: a confirm queued there meets its task a moment later (the dead letter
+above stays as the trace of it), see docs/stations.md.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class PickStationRecognizer(StationBase):
     unknown_confirms: int = 0
     forgotten_tasks: int = 0
     _tasks: OrderedDict[str, _Task] = field(default_factory=OrderedDict, repr=False)
+    #: Confirms of tasks not seen (yet): task id → (fields, time, receive time).
+    _orphans: OrderedDict[str, tuple[Any, float, float]] = field(default_factory=OrderedDict,
+                                                                  repr=False)
+    booked_late: int = 0
 
     def open_tasks(self) -> int:
         """Tasks remembered (confirmed ones too, for repeats)."""
@@ -66,13 +74,12 @@ class PickStationRecognizer(StationBase):
         try:
             msg = self._input.read(sig, {})
             if msg.kind == "task":
-                self._task(msg.fields)
-                return []
+                return self._task(msg.fields)
             return self._confirm(msg.fields, msg.time, sig.receive_time)
         except StationReject as err:
             return [self._reject(err, sig)]
 
-    def _task(self, f: Any) -> None:
+    def _task(self, f: Any) -> list[Record]:
         task_id = as_text(f["task_id"], "task_id")
         assert task_id is not None
         tasks = self._tasks
@@ -87,12 +94,21 @@ class PickStationRecognizer(StationBase):
         while len(tasks) > self.config.max_open:
             tasks.popitem(last=False)
             self.forgotten_tasks += 1
+        orphan = self._orphans.pop(task_id, None)
+        if orphan is None:
+            return []
+        self.booked_late += 1
+        return self._confirm(*orphan)
 
     def _confirm(self, f: Any, t: float, received: float) -> list[Record]:
         task_id = as_text(f["task_id"], "task_id")
         task = self._tasks.get(task_id or "")
         if task is None:
             self.unknown_confirms += 1
+            if task_id is not None:
+                self._orphans[task_id] = (f, t, received)
+                while len(self._orphans) > self.config.max_open:
+                    self._orphans.popitem(last=False)
             raise StationReject("unknown_task", f"confirm of task {task_id!r}, which this "
                                 "station has not shown (no task message seen)")
         requested = task.qty
@@ -120,10 +136,11 @@ class PickStationRecognizer(StationBase):
         return out
 
     def figures(self) -> dict[str, Any]:
-        """Counts for the status API."""
-        return {"picks": self.picks, "short_picks": self.shorts,
-                "unknown_confirms": self.unknown_confirms, "tasks": len(self._tasks),
-                "forgotten_tasks": self.forgotten_tasks}
+        """Counts for the status API (``devices.<id>.station``)."""
+        return {"station": {"picks": self.picks, "short_picks": self.shorts,
+                            "unknown_confirms": self.unknown_confirms,
+                            "tasks": len(self._tasks), "forgotten_tasks": self.forgotten_tasks,
+                            "booked_late": self.booked_late}}
 
 
 def _plain(value: Any) -> Any:
