@@ -216,6 +216,31 @@ def test_a_close_queued_before_the_retained_task_is_booked_when_the_task_comes()
     assert bench.task(ITEMS) == []
 
 
+def test_a_close_naming_its_pack_is_booked_whatever_the_gateway_remembers() -> None:
+    """After a restart the bench has moved on: the retained task is the next tote's."""
+    bench = Bench()
+    bench.task(ITEMS, container="TOTE-4")
+    bench.scale(9.9)
+    items = [{"sku": "SKU-7", "qty": 3}]
+    out = _events(bench._msg("close", {"close_seq": 5, "carton": "CARTON-2",
+                                       "container": "TOTE-2", "order": "ORD-2",
+                                       "items": items, "weight_kg": 1.0,
+                                       "expected_weight_kg": 2.5}, 0.1))
+    assert [e["type"] for e in out] == ["pack", "exception"]
+    assert out[0]["data"] == {"container": "TOTE-2", "carton": "CARTON-2", "items": items,
+                              "weight_kg": 1.0, "station": DEV, "order": "ORD-2",
+                              "close_seq": "5", "recovered": True}
+    assert out[1]["data"]["reason"] == "underweight"
+    # The next tote's pack is still to come, from its task.
+    bench.scan("TOTE-4")
+    bench.scan("SKU-1", qty=2)
+    bench.scan("SKU-2")
+    bench.scale(1.5)
+    pack = _events(bench.close(6))[0]
+    assert pack["data"]["container"] == "TOTE-4" and pack["data"]["items"] == ITEMS
+    assert "recovered" not in pack["data"]
+
+
 def test_without_site_codes_the_task_and_the_order_of_scans_tell_codes_apart() -> None:
     bench = Bench(codes=None)
     out = _pack(bench)

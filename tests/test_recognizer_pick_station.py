@@ -116,6 +116,19 @@ def test_interleaved_tasks_keep_their_own_fields() -> None:
     assert b["data"]["container"] == "TOTE-2"
 
 
+def test_a_confirm_naming_its_task_is_booked_without_the_task() -> None:
+    """After a restart the station has moved on: its retained task is another's."""
+    rec = _rec()
+    rec.feed(_task("T-3"))
+    out = _docs(rec.feed(_confirm("T-2", qty=1, qty_requested=2, sku="SKU-7", order="ORD-9",
+                                  line=4, location="PUT-02", container="TOTE-9")))
+    assert [e["type"] for e in out] == ["pick", "exception"]
+    assert out[0]["data"] == {"location": "PUT-02", "sku": "SKU-7", "qty": 1,
+                              "qty_requested": 2, "container": "TOTE-9", "order": "ORD-9",
+                              "line": 4, "station": DEV, "task_id": "T-2"}
+    assert rec.figures()["station"]["booked_from_confirm"] == 1
+
+
 def test_the_oldest_tasks_are_forgotten_past_max_open() -> None:
     rec = _rec(max_open=2)
     for n in range(3):

@@ -1,15 +1,16 @@
 """The whole simulated site through the real gateway, with faults during the run.
 
-The site (its own process: Modbus conveyor, OPC UA sorter, MQTT pack-station
-scanners, VDA 5050 AMRs) writes what physically happened to its ledger; the
-gateway (its own process) reads every device and delivers to the WMS
-simulator. The truth check must find nothing missing, phantom, wrong or out
-of order, whatever happens on the way: a WMS outage, the gateway killed and
-restarted, the conveyor PLC restarted warm, the OPC UA server down and back,
-an AMR killed, and the site's own faults (no-reads, a jam, a full chute,
-short picks, an overweight carton, an emergency stop, a stalled PLC whose
-tracking ring overruns). Every event the WMS accepted must also be valid
-against the ``wh.event.v1`` JSON Schema the status server serves.
+The site (its own process: MQTT put walls, Modbus conveyor, OPC UA sorter,
+MQTT pack stations, VDA 5050 AMRs) writes what physically happened to its
+ledger; the gateway (its own process) reads every device and delivers to the
+WMS simulator. The truth check must find nothing missing, phantom, wrong or
+out of order, whatever happens on the way: a WMS outage, the gateway killed
+and restarted, the conveyor PLC restarted warm, the OPC UA server down and
+back, an AMR killed, and the site's own faults (no-reads, a jam, a full
+chute, short picks, cartons over and under weight, an item the order does not
+hold, an abandoned pack, an emergency stop, a stalled PLC whose tracking ring
+overruns). Every event the WMS accepted must also be valid against the
+``wh.event.v1`` JSON Schema the status server serves.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ async def _faults(site: SiteProcess, gw: GatewayProcess, wms: WmsSimulator) -> N
     await fault("overweight", count=1)
     await fault("underweight", count=1)
     await fault("item_not_in_order", count=1)
+    await fault("abandoned_pack", count=1)
     await asyncio.sleep(3)
     await wms.outage_for(4.0)
     await fault("conveyor_restart", mode="warm", down_s=1.0)
@@ -139,6 +141,7 @@ async def test_site_with_faults_truth_check_is_clean(tmp_path: Path, broker: Mos
     counted = Counter(ev["data"].get("reason") for ev in events if ev["type"] == "exception")
     assert counted["short_pick"] == 2 and counted["overweight"] == 1
     assert counted["underweight"] == 1 and counted["item_not_in_order"] == 1
+    assert counted["pack_abandoned"] == 1
     assert sum(ev["type"] == "pack" for ev in events) == 20
     # Every kind but the AMR's emergency stop is under the check.
     assert set(report["unchecked_kinds"]) <= {"amr_estop"}

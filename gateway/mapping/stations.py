@@ -33,14 +33,16 @@ KINDS: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
     "pick_station": {
         "task": ("task_id!", "location", "sku", "qty", "container", "order", "line",
                  "timestamp"),
-        "confirm": ("task_id!", "qty", "short", "qty_adjust", "timestamp"),
+        "confirm": ("task_id!", "qty", "short", "qty_adjust", "timestamp", "qty_requested",
+                    "location", "sku", "container", "order", "line"),
     },
     "pack_station": {
         "task": ("container!", "order", "carton", "items", "item_sku", "item_qty",
                  "expected_weight_kg", "timestamp"),
         "scan": ("code!", "read_id", "timestamp", "symbology", "qty"),
         "scale": ("weight!", "timestamp"),
-        "close": ("seq!", "carton", "timestamp"),
+        "close": ("seq!", "carton", "container", "order", "items", "item_sku", "item_qty",
+                  "weight", "expected_weight_kg", "timestamp"),
     },
 }
 
@@ -53,8 +55,10 @@ PRESETS: Final[Mapping[str, tuple[str, dict[str, Any]]]] = {
                             "line": "line", "timestamp": "timestamp"}},
         "confirm": {"topic": "+/+/stations/+/confirm",
                     "fields": {"task_id": "task_id", "qty": "qty", "short": "short",
-                               "qty_adjust": "qty_adjust",
-                               "timestamp": "timestamp"}},
+                               "qty_adjust": "qty_adjust", "timestamp": "timestamp",
+                               "qty_requested": "qty_requested", "location": "location",
+                               "sku": "sku", "container": "container", "order": "order",
+                               "line": "line"}},
     }),
     "pack-bench-json": ("pack_station", {
         "task": {"topic": "+/+/pack/+/task",
@@ -68,7 +72,11 @@ PRESETS: Final[Mapping[str, tuple[str, dict[str, Any]]]] = {
         "scale": {"topic": "+/+/pack/+/scale",
                   "fields": {"weight": "weight_kg", "timestamp": "timestamp"}},
         "close": {"topic": "+/+/pack/+/close",
-                  "fields": {"seq": "close_seq", "carton": "carton", "timestamp": "timestamp"}},
+                  "fields": {"seq": "close_seq", "carton": "carton", "container": "container",
+                             "order": "order", "items": "items", "item_sku": "sku",
+                             "item_qty": "qty", "weight": "weight_kg",
+                             "expected_weight_kg": "expected_weight_kg",
+                             "timestamp": "timestamp"}},
     }),
 }
 

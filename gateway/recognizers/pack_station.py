@@ -26,8 +26,10 @@ point (``messages.scale.point``).
   scan's key>``, at its last input + ``abandon_after``).
 - A close with no pack open and no task → dead letter ``no_open_pack``.
 
-Restart: the open pack's scans before a gateway restart are not replayed. The
-bench publishes its pack task and scale reading *retained*; a close (or an
+Restart: the open pack's scans before a gateway restart are not replayed. A
+close that names its pack (``container``, ``items``, ``weight``: the bench's
+own record) is booked from itself when no pack of that container is open.
+Else: the bench publishes its pack task and scale reading *retained*; a close (or an
 item scan) that finds no pack open but the task of a container not yet closed
 opens the pack from the task, and such a recovered pack takes its items from
 the task (``recovered: true``) — the scans it missed cannot be known.
@@ -136,28 +138,37 @@ class PackStationRecognizer(StationBase):
 
     # -- tasks -----------------------------------------------------------------------
 
-    def _task(self, f: Any) -> list[Record]:
+    def _items(self, kind: str, f: Any) -> list[dict[str, Any]] | None:
+        """A message's ``items`` as ``[{sku, qty}]`` (None: it has none)."""
+        raw_items = f.get("items", MISSING)
+        if raw_items in (MISSING, None):
+            return None
+        if not isinstance(raw_items, list):
+            raise StationReject("bad_field", f"items must be a list, got {raw_items!r}")
+        sku_key = self.config.messages[kind].fields.get("item_sku", "sku")
+        qty_key = self.config.messages[kind].fields.get("item_qty", "qty")
+        items = []
+        for i, item in enumerate(raw_items):
+            if not isinstance(item, dict):
+                raise StationReject("bad_field", f"items[{i}] must be an object")
+            sku = as_text(item.get(sku_key, MISSING), f"items[{i}].{sku_key}")
+            qty = as_number(item.get(qty_key, MISSING), f"items[{i}].{qty_key}")
+            items.append({"sku": sku, "qty": 1 if qty is None else qty})
+        return items
+
+    def _task_of(self, kind: str, f: Any) -> _Task:
         container = as_text(f["container"], "container")
         assert container is not None
-        raw_items = f.get("items", MISSING)
-        items: list[dict[str, Any]] | None = None
-        if isinstance(raw_items, list):
-            sku_key = self.config.messages["task"].fields.get("item_sku", "sku")
-            qty_key = self.config.messages["task"].fields.get("item_qty", "qty")
-            items = []
-            for i, item in enumerate(raw_items):
-                if not isinstance(item, dict):
-                    raise StationReject("bad_field", f"items[{i}] must be an object")
-                sku = as_text(item.get(sku_key, MISSING), f"items[{i}].{sku_key}")
-                qty = as_number(item.get(qty_key, MISSING), f"items[{i}].{qty_key}")
-                items.append({"sku": sku, "qty": 1 if qty is None else qty})
-        elif raw_items not in (MISSING, None):
-            raise StationReject("bad_field", f"items must be a list, got {raw_items!r}")
         expected = as_number(f.get("expected_weight_kg", MISSING), "expected_weight_kg")
-        self._tasks[container] = _Task(
-            container=container, order=as_text(f.get("order", MISSING), "order"),
-            carton=as_text(f.get("carton", MISSING), "carton"), items=items,
-            expected_kg=None if expected is None else float(expected))
+        return _Task(container=container, order=as_text(f.get("order", MISSING), "order"),
+                     carton=as_text(f.get("carton", MISSING), "carton"),
+                     items=self._items(kind, f),
+                     expected_kg=None if expected is None else float(expected))
+
+    def _task(self, f: Any) -> list[Record]:
+        task = self._task_of("task", f)
+        container = task.container
+        self._tasks[container] = task
         self._tasks.move_to_end(container)
         self._latest_task = container
         self._trim(self._tasks)
@@ -249,12 +260,30 @@ class PackStationRecognizer(StationBase):
     def _close(self, msg: Message, received: float) -> list[Record]:
         f = msg.fields
         seq = as_text(f["seq"], "seq")
+        own = as_text(f.get("container", MISSING), "container")
         pack = self._pack_for(msg.time, f"close:{seq}")
+        task = None if pack is None else self._tasks.get(pack.container)
+        if own is not None and (pack is None or (pack.recovered and pack.container != own)):
+            # The close names its pack (the bench's own record): after a restart that is
+            # the source, whatever the gateway remembers.
+            if pack is not None:
+                del self._open[pack.container]
+            task = self._tasks.get(own) or self._task_of("close", f)
+            pack = _Pack(container=own, key=f"close:{seq}", last=msg.time, recovered=True)
+            self._open[own] = pack
+            closed = self._task_of("close", f)
+            task = _Task(container=own, order=closed.order or task.order,
+                         carton=closed.carton or task.carton,
+                         items=closed.items if closed.items is not None else task.items,
+                         expected_kg=(closed.expected_kg if closed.expected_kg is not None
+                                      else task.expected_kg))
+            weight = as_number(f.get("weight", MISSING), "weight")
+            if weight is not None:
+                self.weight_kg = round(weight * self.config.weight_factor, 6)
         if pack is None:
             self._orphan_close = (msg, received)
             raise StationReject("no_open_pack", f"close {seq!r} with no pack open at the "
                                 "station (no source container scanned, no pack task)")
-        task = self._tasks.get(pack.container)
         if pack.recovered and task is not None and task.items is not None:
             items = [dict(i) for i in task.items]
         else:

@@ -13,7 +13,11 @@ device's time). Field names come from ``[devices.station]``
 - Event ids: ``task:<task id>:confirm`` and ``task:<task id>:short`` on the
   station's device: a redelivered confirm (QoS 1) yields the same ids; the
   task stays remembered after its confirm, so a repeat is recognized again.
-- A confirm of a task this station has not shown → ingest dead letter
+- A confirm that names its task (``sku``, ``qty_requested``, ``container``,
+  ``order``, ``line``, ``location``: the station's own record) is booked
+  from itself when the task is not known (after a restart, the station may
+  have moved on). Else, a confirm of a task this station has not shown → ingest
+  dead letter
   ``unknown_task`` naming the task id. The confirm is also kept (up to
   ``max_open``): when its task arrives after all, the pick is booked then,
   with the confirm's time and ids.
@@ -64,6 +68,7 @@ class PickStationRecognizer(StationBase):
     _orphans: OrderedDict[str, tuple[Any, float, float]] = field(default_factory=OrderedDict,
                                                                   repr=False)
     booked_late: int = 0
+    booked_from_confirm: int = 0
 
     def open_tasks(self) -> int:
         """Tasks remembered (confirmed ones too, for repeats)."""
@@ -79,17 +84,19 @@ class PickStationRecognizer(StationBase):
         except StationReject as err:
             return [self._reject(err, sig)]
 
+    def _task_of(self, f: Any) -> _Task:
+        return _Task(location=as_text(f.get("location", MISSING), "location") or self.location,
+                     sku=as_text(f.get("sku", MISSING), "sku"),
+                     qty=as_number(f.get("qty", MISSING), "qty"),
+                     container=as_text(f.get("container", MISSING), "container"),
+                     order=as_text(f.get("order", MISSING), "order"),
+                     line=_plain(f.get("line", MISSING)))
+
     def _task(self, f: Any) -> list[Record]:
         task_id = as_text(f["task_id"], "task_id")
         assert task_id is not None
         tasks = self._tasks
-        tasks[task_id] = _Task(location=as_text(f.get("location", MISSING), "location")
-                               or self.location,
-                               sku=as_text(f.get("sku", MISSING), "sku"),
-                               qty=as_number(f.get("qty", MISSING), "qty"),
-                               container=as_text(f.get("container", MISSING), "container"),
-                               order=as_text(f.get("order", MISSING), "order"),
-                               line=_plain(f.get("line", MISSING)))
+        tasks[task_id] = self._task_of(f)
         tasks.move_to_end(task_id)
         while len(tasks) > self.config.max_open:
             tasks.popitem(last=False)
@@ -103,6 +110,11 @@ class PickStationRecognizer(StationBase):
     def _confirm(self, f: Any, t: float, received: float) -> list[Record]:
         task_id = as_text(f["task_id"], "task_id")
         task = self._tasks.get(task_id or "")
+        if task is None and f.get("sku", MISSING) not in (MISSING, None):
+            # The confirm names its task (the station's own record): book it from itself.
+            task = self._task_of({**f, "qty": f.get("qty_requested", MISSING)})
+            self._tasks[task_id or ""] = task
+            self.booked_from_confirm += 1
         if task is None:
             self.unknown_confirms += 1
             if task_id is not None:
@@ -140,7 +152,8 @@ class PickStationRecognizer(StationBase):
         return {"station": {"picks": self.picks, "short_picks": self.shorts,
                             "unknown_confirms": self.unknown_confirms,
                             "tasks": len(self._tasks), "forgotten_tasks": self.forgotten_tasks,
-                            "booked_late": self.booked_late}}
+                            "booked_late": self.booked_late,
+                            "booked_from_confirm": self.booked_from_confirm}}
 
 
 def _plain(value: Any) -> Any:

@@ -327,9 +327,11 @@ class Site:
                 order.picked[line] = picked
                 t = time.time()
                 stamp = format_time(t)
+                # The confirm names its task too (the station's record of it).
                 await self._publish(self.layout.station_topic(station, "confirm"), _dumps({
-                    "task_id": task_id, "qty": picked, "short": short,
-                    "timestamp": stamp}).encode())
+                    "task_id": task_id, "qty": picked, "short": short, "timestamp": stamp,
+                    "qty_requested": qty, "sku": sku, "order": order.id, "line": line,
+                    "location": location, "container": order.tote}).encode())
                 common = {"container": order.tote, "order": order.id, "line": line,
                           "sku": sku, "location": location, "station": station,
                           "task_id": task_id}
@@ -604,8 +606,11 @@ class Site:
         seq = self._closes[n]
         stamp = format_time(time.time())
         t = parse_time(stamp)
+        # The label printer's close record names the whole pack, as the bench knows it.
         await self._publish(self.layout.pack_topic(n, "close"), _dumps(
-            {"close_seq": seq, "carton": order.carton, "timestamp": stamp}).encode())
+            {"close_seq": seq, "carton": order.carton, "container": tote, "order": order.id,
+             "items": items, "weight_kg": weight, "expected_weight_kg": expected,
+             "timestamp": stamp}).encode())
         fields = {"container": tote, "carton": order.carton, "items": items,
                   "weight_kg": weight, "station": station, "order": order.id,
                   "close_seq": str(seq)}
