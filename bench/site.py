@@ -2,7 +2,7 @@
 
 Everything is real and on loopback: Mosquitto, the WMS simulator (its own
 process), the site simulator (``python -m simulators site``: put walls, the
-Modbus conveyor, the OPC UA sorter, MQTT pack-station scanners, VDA 5050
+Modbus conveyor, the OPC UA sorter, MQTT pack stations, VDA 5050
 AMRs) and the gateway process. The order rate grows step by step (120, 360,
 600, 900, 1200 orders per minute); each step is a fresh site, WMS and gateway that
 run ``window_s`` seconds of orders, then drain: every order at its dock door

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config import ConfigError, parse_config
 from gateway.core.events import Event, Signal, format_time, make_event_id
 from gateway.core.records import IngestDeadLetter, Record
 from gateway.mapping.stations import resolve_station
@@ -192,3 +193,32 @@ def test_bad_station_config_names_the_key(station: dict[str, Any], problem: str)
     with pytest.raises(ValueError) as err:
         resolve_station("pick_station", station)
     assert problem in str(err.value)
+
+
+@pytest.mark.parametrize(("station", "problem"), [
+    ({"preset": "put-wall-json", "messages": {"confirm": {"fields": {"qtty": "q"}}}},
+     "devices[0].station.messages.confirm.fields.qtty: unknown field"),
+    ({"preset": "put-wall-json", "tolerance_pct": 150},
+     "devices[0].station.tolerance_pct: Input should be less than or equal to 100"),
+    ({"preset": "put-wall-json", "colour": "red"},
+     "devices[0].station.colour: unknown key"),
+])
+def test_check_names_the_station_key(tmp_path: Any, station: dict[str, Any],
+                                     problem: str) -> None:
+    doc = {"site": {"id": SITE}, "store": {"path": "b.db"},
+           "brokers": [{"id": "site", "port": 1883}],
+           "devices": [{"id": DEV, "driver": "mqtt", "role": "pick_station", "broker": "site",
+                        "topic": f"{TOPIC}/+", "station": station}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, tmp_path / "site.toml")
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_a_station_table_on_a_scanner_is_refused(tmp_path: Any) -> None:
+    doc = {"site": {"id": SITE}, "store": {"path": "b.db"},
+           "brokers": [{"id": "site", "port": 1883}],
+           "devices": [{"id": "scan-1", "driver": "mqtt", "broker": "site", "topic": "t",
+                        "station": {"preset": "put-wall-json"}}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, tmp_path / "site.toml")
+    assert "devices[0].station: only for role 'pick_station' or 'pack_station'" in str(err.value)

@@ -121,7 +121,10 @@ class PackStationRecognizer(StationBase):
     def _one(self, sig: Signal) -> list[Record]:
         try:
             msg = self._input.read(sig, self.values)
-            out = self._abandoned(msg.time, sig.receive_time)
+        except StationReject as err:
+            return [self._reject(err, sig)]
+        out = self._abandoned(msg.time, sig.receive_time)
+        try:
             if msg.kind == "task":
                 out += self._task(msg.fields)
             elif msg.kind == "scan":
@@ -132,9 +135,9 @@ class PackStationRecognizer(StationBase):
                     weight * self.config.weight_factor, 6)
             else:
                 out += self._close(msg, sig.receive_time)
-            return out
         except StationReject as err:
-            return [self._reject(err, sig)]
+            out.append(self._reject(err, sig))
+        return out
 
     # -- tasks -----------------------------------------------------------------------
 
