@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -115,3 +116,23 @@ def test_codes_are_read_in_order(tmp_path: Any) -> None:
     cfg = parse_config(_config([{"pattern": "A.*", "kind": "sku"},
                                 {"pattern": "AB.*", "kind": "container"}]), tmp_path / "s.toml")
     assert Identity.of(cfg.site.codes).kind("ABC") == "sku"
+
+
+@pytest.mark.parametrize(("type", "data", "before"), [
+    ("scan", {"code": "TOTE-1", "symbology": None, "reader": "d"}, "code:TOTE-1"),
+    ("scan", {"code": "SKU-1", "reader": "d"}, "code:SKU-1"),
+    ("scan", {"code": "Süd-\"7\"", "reader": "d"}, "code:x"),
+    ("scan", {"reader": "d", "code": "CARTON-2"}, None),
+    ("move", {"container": "TOTE-1", "from": "Z1"}, "container:TOTE-1"),
+    ("move", {"container": "TOTE-1", "from": "Z1"}, "container:TOTE-2"),
+    ("move", {"from": "Z1", "container": "TOTE-\\1"}, "tote:x"),
+])
+def test_the_body_stays_canonical_json(type: str, data: dict[str, Any],
+                                       before: str | None) -> None:
+    """What the step writes is what encoding the whole document anew would write."""
+    out = Identity.of(CODES).event(_event(type, data, before))
+    doc = out.to_dict()
+    assert out.body == json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    container = doc["data"].get("container")
+    if container:
+        assert doc["correlation_id"] == f"container:{container}"

@@ -39,6 +39,31 @@ CODE_KINDS: Final = ("container", "carton", "sku", "location", "order", "label")
 #: Kinds of code that name a handling unit (they become ``data.container``).
 _UNIT_KINDS: Final = frozenset({"container", "carton"})
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_str = json.encoder.encode_basestring
+# Landmarks of the canonical body ``Event.create`` writes (gateway.core.events).
+_CORR, _PRIO, _DATA = b'"correlation_id":', b',"priority":', b',"data":{'
+_DATA_CODE = b',"data":{"code":"'
+
+
+def _correlation(body: bytes) -> tuple[int, int]:
+    """Where the correlation id's JSON value is in a canonical body."""
+    start = body.index(_CORR) + len(_CORR)
+    return start, body.index(_PRIO, start)
+
+
+def _data_string(body: bytes, key: bytes) -> bytes | None:
+    """The raw text of ``data.<key>`` when it is a plain string (no escapes), else None."""
+    data = body.find(_DATA)
+    if data < 0:
+        return None
+    for lead in (b'{"', b',"'):
+        at = body.find(lead + key + b'":"', data + len(_DATA) - 1)
+        if at >= 0:
+            start = at + len(key) + 5
+            end = body.find(b'"', start)
+            value = body[start:end]
+            return None if b"\\" in value else value
+    return None
 
 
 class CodeRule(Model):
@@ -97,9 +122,47 @@ class Identity:
         """One event with its container identity (the same object when nothing changes)."""
         body = ev.body
         scan = ev.type == "scan"
-        # Fast path: most events name no container and no order, and are no scan.
-        if not scan and b'"container"' not in body and b'"order"' not in body:
+        has_container, has_order = b'"container"' in body, b'"order"' in body
+        # Fast paths (this runs on every event): byte landmarks of the canonical body.
+        if not scan and not has_container and not has_order:
             return ev
+        if not has_order:
+            if scan and not has_container and b'"code_kind"' not in body:
+                fast = self._scan(ev)
+                if fast is not None:
+                    return fast
+            elif not scan and has_container:
+                container = _data_string(body, b"container")
+                if container:
+                    start, end = _correlation(body)
+                    if body[start:end] == b'"container:' + container + b'"':
+                        return ev
+        return self._rewrite(ev, scan)
+
+    def _scan(self, ev: Event) -> Event | None:
+        """A scan whose ``data`` starts with a plain ``code``: spliced, not re-encoded."""
+        body = ev.body
+        at = body.find(_DATA_CODE)
+        if at < 0:
+            return None
+        start = at + len(_DATA_CODE)
+        raw = body[start:body.index(b'"', start)]
+        if b"\\" in raw:
+            return None
+        code = raw.decode()
+        kind = self.kind(code)
+        extra = ',"code_kind":' + ("null" if kind is None else f'"{kind}"')
+        if kind in _UNIT_KINDS:
+            extra += f',"container":{_encode_str(code)}'
+            c0, c1 = _correlation(body)
+            body = body[:c0] + _encode_str(f"container:{code}").encode() + body[c1:]
+        if not body.endswith(b"}}"):
+            return None
+        return Event(event_id=ev.event_id, type=ev.type, priority=ev.priority, device=ev.device,
+                     body=body[:-2] + extra.encode() + b"}}")
+
+    def _rewrite(self, ev: Event, scan: bool) -> Event:
+        body = ev.body
         doc = json.loads(body)
         data = doc.get("data")
         if not isinstance(data, dict):
