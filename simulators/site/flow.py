@@ -168,9 +168,12 @@ class Site:
         self._pack_q = [asyncio.Queue[str]() for _ in range(self.layout.pack_stations)]
         self._last_scan: dict[tuple[int, str], float] = {}
         self._read_ids = dict.fromkeys(range(1, self.layout.pack_stations + 1), 1)
-        self._tasks_made = 0
+        # Task ids and close sequences are event ids upstream: a site started again must
+        # not reuse them, so they count on from the start time in ms.
+        serial = int(time.time() * 1000)
+        self._tasks_made = serial
         self._moves: dict[tuple[int, int], Entry] = {}
-        self._closes = dict.fromkeys(range(1, self.layout.pack_stations + 1), 0)
+        self._closes = dict.fromkeys(range(1, self.layout.pack_stations + 1), serial)
         self._pending = {"no_read": 0, "short_pick": 0, "overweight": 0, "underweight": 0,
                          "abandoned_pack": 0, "item_not_in_order": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -315,7 +318,7 @@ class Site:
             order = await self._order_q.get()
             for line, sku, qty in order.lines:
                 self._tasks_made += 1
-                task_id = f"{station}-{self._tasks_made:07d}"
+                task_id = f"{station}-{self._tasks_made}"
                 # Retained: the task on display; a gateway restarting reads it again.
                 await self._publish(self.layout.station_topic(station, "task"), _dumps({
                     "task_id": task_id, "order": order.id, "line": line, "sku": sku,
