@@ -64,6 +64,8 @@ class AppendResult:
 
     units_committed: int = 0
     inserted: int = 0
+    #: ``inserted`` by event type.
+    inserted_by_type: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     dead_letters: int = 0
     evicted_telemetry: int = 0
@@ -182,7 +184,8 @@ def admit(
     _insert_events(conn, fresh)
     result.inserted = len(fresh)
     if fresh:
-        ledger.tally_types(conn, now, "", "accepted", Counter(e[1] for e in fresh))
+        result.inserted_by_type = Counter(e[1] for e in fresh)
+        ledger.tally_types(conn, now, "", "accepted", result.inserted_by_type)
     if dead:
         ledger.tally(conn, now, [(ledger.INGEST_TYPE, "", "ingest_dead_letters", len(dead))])
     if dead:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -141,6 +141,8 @@ class CommitStats:
     commits: int = 0
     units: int = 0
     events: int = 0
+    #: ``events`` by event type (what each sink's routes take of them is its "events in").
+    events_by_type: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     dead_letters: int = 0
     evicted_telemetry: int = 0
@@ -336,6 +338,7 @@ class Committer:
         s.commits += 1
         s.units += r.units_committed
         s.events += r.inserted
+        s.events_by_type.update(r.inserted_by_type)
         s.duplicates += r.duplicates
         s.dead_letters += r.dead_letters
         s.evicted_telemetry += r.evicted_telemetry
@@ -351,6 +354,7 @@ class Committer:
             "pending_units": len(self._pending),
             "commits": s.commits,
             "events": s.events,
+            "events_by_type": dict(s.events_by_type),
             "duplicates": s.duplicates,
             "ingest_dead_letters": s.dead_letters,
             "evicted_telemetry": s.evicted_telemetry,

@@ -43,6 +43,7 @@ from gateway.core.snapshot import (
     SinkSnapshot,
     StoreSnapshot,
     TaskSnapshot,
+    routed_events,
 )
 from gateway.forwarder import Forwarder
 from gateway.history import History, Sample
@@ -326,7 +327,8 @@ class Gateway:
                 oldest_undelivered_age_s=round(max(0.0, now - oldest), 1)
                 if oldest is not None and backlog else None,
                 rate_out_per_s=None if rate is None else round(rate, 2),
-                drain_estimate_s=_rounded(self.history.drain_s(sid)))
+                drain_estimate_s=_rounded(self.history.drain_s(sid)),
+                events_in=routed_events(committer.events_by_type, f.sink.routes))
         alerts = [a for s in sinks.values() for a in sink_alerts(s, now)]
         alerts.extend(store_alerts(store, committer, sinks))
         for d in self.drivers:

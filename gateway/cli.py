@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.exitcodes import (
@@ -163,20 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     try_arguments(t)
     t.set_defaults(func=cmd_try)
-    d = sub.add_parser("demo", help="run a simulated site: broker, scanners, conveyors, sorter, "
-                                    "AMRs, WMS and gateway")
-    d.add_argument("--status-port", type=int, default=8080, help="status page port (8080)")
-    d.add_argument("--wms-port", type=int, default=0,
-                   help="WMS simulator ingest port (default: a free one)")
-    d.add_argument("--data-dir", type=Path, default=None,
-                   help="where the demo keeps its store (default: a temporary folder)")
-    d.add_argument("--scanners", type=int, default=4, help="MQTT barcode scanners (4)")
-    d.add_argument("--rate", type=float, default=5.0, help="scanner reads per second")
-    d.add_argument("--conveyors", type=int, default=2, help="Modbus conveyor PLCs (0: none)")
-    d.add_argument("--sorter", action=argparse.BooleanOptionalAction, default=True,
-                   help="the OPC UA sorter with its induct reader")
-    d.add_argument("--amrs", type=int, default=4, help="VDA 5050 AMRs (0: none)")
-    d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    d = sub.add_parser("demo", help="run the whole simulated site (put walls, conveyor, "
+                                    "sorter, pack stations, AMRs), a broker, the WMS simulator "
+                                    "and the gateway reading it")
+    from gateway.demo import add_arguments as demo_arguments
+
+    demo_arguments(d)
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("store", help="operate on the store file (safe while the daemon runs)")

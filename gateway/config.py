@@ -14,7 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.modbus.config import ModbusDevice
 from drivers.mqtt.config import MqttDevice, ScannerFields
@@ -248,35 +255,83 @@ class GatewayConfig(Model):
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
-        problems: list[str] = []
-        for name, items in (("brokers", self.brokers), ("devices", self.devices),
-                            ("sinks", self.sinks)):
-            seen: dict[str, int] = {}
-            for i, item in enumerate(items):
-                if item.id in seen:
-                    problems.append(
-                        f"{name}[{i}].id: duplicate id {item.id!r} (also {name}[{seen[item.id]}])"
-                    )
-                seen.setdefault(item.id, i)
-        brokers = {b.id for b in self.brokers}
-        for i, dev in enumerate(self.devices):
-            if isinstance(dev, MqttDevice | Vda5050Device) and dev.broker not in brokers:
-                problems.append(
-                    f"devices[{i}].broker: no broker with id {dev.broker!r}; "
-                    f"defined: {sorted(brokers) or 'none'}"
-                )
-        for i, sink in enumerate(self.sinks):
-            if isinstance(sink, MqttSinkConfig) and sink.broker not in brokers:
-                problems.append(
-                    f"sinks[{i}].broker: no broker with id {sink.broker!r}; "
-                    f"defined: {sorted(brokers) or 'none'}"
-                )
-        for i, dev in enumerate(self.devices):
-            problems.extend(mapping_problems(dev, f"devices[{i}]"))
-            problems.extend(station_problems(dev, f"devices[{i}]"))
+        problems = _reference_problems(
+            {"brokers": [b.id for b in self.brokers], "devices": [d.id for d in self.devices],
+             "sinks": [s.id for s in self.sinks]},
+            list(enumerate(self.devices)), list(enumerate(self.sinks)))
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def _reference_problems(ids: dict[str, list[object]], devices: list[tuple[int, Any]],
+                        sinks: list[tuple[int, Any]]) -> list[str]:
+    """Problems between sections: duplicate ids, unknown brokers, mapping source keys.
+
+    ``ids`` holds each section's ids by index (``None`` where an item has none);
+    ``devices`` and ``sinks`` the items that parsed, with their index. The same
+    pass runs on a whole valid config and on the parts of an invalid one.
+    """
+    problems: list[str] = []
+    for name, items in ids.items():
+        seen: dict[object, int] = {}
+        for i, item_id in enumerate(items):
+            if item_id is None or not isinstance(item_id, str):
+                continue
+            if item_id in seen:
+                problems.append(
+                    f"{name}[{i}].id: duplicate id {item_id!r} (also {name}[{seen[item_id]}])"
+                )
+            seen.setdefault(item_id, i)
+    brokers = {b for b in ids.get("brokers", []) if isinstance(b, str)}
+    for i, dev in devices:
+        if isinstance(dev, MqttDevice | Vda5050Device) and dev.broker not in brokers:
+            problems.append(
+                f"devices[{i}].broker: no broker with id {dev.broker!r}; "
+                f"defined: {sorted(brokers) or 'none'}"
+            )
+    for i, sink in sinks:
+        if isinstance(sink, MqttSinkConfig) and sink.broker not in brokers:
+            problems.append(
+                f"sinks[{i}].broker: no broker with id {sink.broker!r}; "
+                f"defined: {sorted(brokers) or 'none'}"
+            )
+    for i, dev in devices:
+        problems.extend(mapping_problems(dev, f"devices[{i}]"))
+        problems.extend(station_problems(dev, f"devices[{i}]"))
+    return problems
+
+
+def _partial_reference_problems(raw: dict[str, Any]) -> list[str]:
+    """The cross-reference pass over the items of an invalid config that parse on their own.
+
+    Field errors stop pydantic before the whole-config check; this runs that
+    check anyway, so one ``check`` lists both kinds of problem.
+    """
+    if not isinstance(raw, dict):
+        return []
+
+    def section(name: str) -> list[Any]:
+        items = raw.get(name)
+        return items if isinstance(items, list) else []
+
+    def parsed(name: str, adapter: TypeAdapter[Any]) -> list[tuple[int, Any]]:
+        out = []
+        for i, item in enumerate(section(name)):
+            try:
+                out.append((i, adapter.validate_python(item)))
+            except ValidationError:
+                continue
+        return out
+
+    ids = {name: [item.get("id") if isinstance(item, dict) else None for item in section(name)]
+           for name in ("brokers", "devices", "sinks")}
+    return _reference_problems(ids, parsed("devices", _DEVICE_ADAPTER),
+                               parsed("sinks", _SINK_ADAPTER))
+
+
+_DEVICE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Device)
+_SINK_ADAPTER: TypeAdapter[Any] = TypeAdapter(SinkConfig)
 
 
 class ConfigError(Exception):
@@ -378,7 +433,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> GatewayConfig:
     try:
         cfg = GatewayConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(file, _format(err)) from None
+        found = _format(err)
+        found += [p for p in _partial_reference_problems(raw) if p not in found]
+        raise ConfigError(file, found) from None
     base = file.parent.resolve()
     problems: list[str] = []
     missing: list[str] = []

@@ -1,11 +1,13 @@
-"""``warehouse-gateway demo``: a whole simulated site on this machine.
+"""``warehouse-gateway demo``: the whole simulated site and the gateway reading it.
 
-Starts Mosquitto (own config, free port), the WMS simulator, a fleet of
-barcode scanners, two conveyor PLCs (Modbus TCP), a sorter with its induct
-reader (OPC UA), a fleet of AMRs (VDA 5050 over MQTT) and the gateway with an
-embedded default config, prints where each one listens, and runs until Ctrl-C
-(or ``--duration``). Device simulators run as child processes, as they would
-be separate machines on a real site.
+Starts Mosquitto (own config, free port), the WMS simulator, the simulated
+site (``python -m simulators site``, its own process as a real site is other
+machines: put walls, the Modbus conveyor, the OPC UA induct reader and
+sorter, pack stations, VDA 5050 AMRs, with its ground-truth ledger) and the
+gateway with a config made from :func:`simulators.site.site_devices`; prints
+where each one listens and what to try, and runs until Ctrl-C (or
+``--duration``). With ``--verify`` it finally lets the orders in flight
+finish and prints the truth check of the ledger against the WMS.
 """
 
 from __future__ import annotations
@@ -13,70 +15,72 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import sys
 import tempfile
-import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.logs import configure_logging
-from gateway.ops.demo_text import DemoSite, closing_line, try_this, write_demo_token
+from gateway.ops.demo_text import DemoSite, closing_line, device_kind, try_this, write_demo_token
 
-log = structlog.get_logger(__name__)
+__all__ = ["add_arguments", "demo_config", "demo_config_text", "run_demo"]
 
 
-_SORTER_MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
+#: Event types the WMS takes (telemetry such as device_status stays on MQTT).
+WMS_ROUTES = ["scan", "pick", "pack", "move", "exception"]
+
+
+def add_arguments(d: argparse.ArgumentParser) -> None:
+    """The ``demo`` sub-command's options."""
+    d.add_argument("--status-port", type=int, default=8080, help="status page port (8080)")
+    d.add_argument("--wms-port", type=int, default=0,
+                   help="WMS simulator ingest port (default: a free one)")
+    d.add_argument("--data-dir", type=Path, default=None,
+                   help="where the demo keeps its config, store and the site's ledger "
+                        "(default: a temporary folder, removed at the end)")
+    d.add_argument("--order-rate", type=float, default=0.5, help="orders per second (0.5)")
+    d.add_argument("--orders", type=int, default=None,
+                   help="stop making orders after N (default: until stopped)")
+    d.add_argument("--put-walls", type=int, default=1, help="put-wall stations (1)")
+    d.add_argument("--pack-stations", type=int, default=2, help="pack stations (2)")
+    d.add_argument("--amrs", type=int, default=2, help="VDA 5050 AMRs (2; 0: none)")
+    d.add_argument("--random-faults", action=argparse.BooleanOptionalAction, default=True,
+                   help="now and then a no-read, a jam, a full chute, a short pick, an "
+                        "overweight carton, an AMR emergency stop (on)")
+    d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    d.add_argument("--verify", action="store_true",
+                   help="at the end, let the orders in flight finish and print the truth "
+                        "check of the site's ledger against what the WMS accepted")
+    d.add_argument("--seed", type=int, default=1, help="the site's random seed")
+
+
+#: The site's fault rates with --random-faults (per scan/pick/carton, or per second).
+_RANDOM_FAULTS = ["--no-read-rate", "0.03", "--short-pick-rate", "0.03",
+                  "--overweight-rate", "0.03", "--jam-rate", "0.005",
+                  "--chute-full-rate", "0.003", "--estop-rate", "0.003"]
 
 
 def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
-                scanners: int, conveyor_ports: list[int] | None = None,
-                sorter_port: int | None = None, amrs: bool = False,
+                devices: list[dict[str, Any]], site_id: str = "DC-EAST-1",
                 status_token_file: Path | None = None) -> dict[str, Any]:
-    """The demo's gateway config as data: a site with the simulated devices given."""
-    from simulators.conveyor_plc import gateway_device
-
-    devices: list[dict[str, Any]] = [
-        {"id": f"scan-{i:02d}", "driver": "mqtt", "role": "scanner", "broker": "site",
-         "topic": f"site/DC-EAST-1/scanners/scan-{i:02d}/reads", "location": f"INDUCT-{i}"}
-        for i in range(1, scanners + 1)
-    ]
-    devices += [gateway_device(f"conveyor-{i:02d}", port, poll_interval="200ms")
-                for i, port in enumerate(conveyor_ports or [], start=1)]
-    if sorter_port is not None:
-        devices.append({
-            "id": "sorter-1", "driver": "opcua", "role": "sorter",
-            "endpoint": f"opc.tcp://127.0.0.1:{sorter_port}/", "induct": "INDUCT-1",
-            "location": "INDUCT-1",
-            "events": [
-                {"kind": "divert_confirm", "source": "ns=2;s=Sorter",
-                 "type": "ns=2;s=DivertConfirmEventType"},
-                {"kind": "scan", "source": f"{_SORTER_MODEL};s=InductReader",
-                 "type": f"{_SORTER_MODEL};s=AutoIdScanEventType"},
-            ],
-            "nodes": [
-                {"node": "ns=2;s=Sorter.State", "point": "state", "kind": "status"},
-                {"node": "ns=2;s=Sorter.Counters.Total", "point": "counter.total"},
-            ],
-        })
-    if amrs:
-        devices.append({"id": "amr-fleet", "driver": "vda5050", "broker": "site",
-                        "manufacturer": "SimRobotics"})
+    """The demo's gateway config as data: the site's ``devices``, the WMS and MQTT sinks."""
     return {
-        "site": {"id": "DC-EAST-1"},
+        "site": {"id": site_id},
         # Delivered events stay an hour, for the container search and `events tail`.
         "store": {"path": store_path, "max_bytes": "256 MiB", "retention": "1h"},
         "brokers": [{"id": "site", "host": "127.0.0.1", "port": broker_port}],
         "devices": devices,
         "sinks": [
-            {"id": "wms", "type": "http", "url": wms_url,
-             "routes": ["scan", "pick", "pack", "move", "exception"]},
+            # A short backoff: after a demo outage the backlog drains seconds later.
+            {"id": "wms", "type": "http", "url": wms_url, "routes": WMS_ROUTES,
+             "backoff_max": "5s"},
             {"id": "mqtt-out", "type": "mqtt", "broker": "site", "prefix": "wh"},
         ],
         "status": {"host": "127.0.0.1", "port": status_port,
@@ -94,6 +98,9 @@ def demo_config_text(**kw: Any) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of the demo sub-command."""
     configure_logging("info", "auto")
+    if args.order_rate <= 0:
+        sys.stderr.write("error: --order-rate must be > 0\n")
+        return 2
     if args.data_dir is not None:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     from gateway.app import StartupError
@@ -103,13 +110,12 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             import uvloop
 
-            uvloop.run(_demo(args))
+            return uvloop.run(_demo(args))
         except ImportError:
-            asyncio.run(_demo(args))
+            return asyncio.run(_demo(args))
     except StartupError as err:
         sys.stderr.write(f"error: {err}\n")
         return STARTUP_EXIT_CODES.get(err.reason, EXIT_FAILED)
-    return 0
 
 
 def _say(text: str) -> None:
@@ -117,10 +123,17 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _demo(args: argparse.Namespace) -> None:
-    from simulators.broker import MosquittoBroker, free_port
-    from simulators.harness.process import ChildProcess, simulator
-    from simulators.scanners import ScannerFleet
+def _site_args(args: argparse.Namespace) -> list[str]:
+    out = ["--order-rate", str(args.order_rate), "--seed", str(args.seed)]
+    if args.orders is not None:
+        out += ["--orders", str(args.orders)]
+    return out + (_RANDOM_FAULTS if args.random_faults else [])
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from simulators.broker import MosquittoBroker
+    from simulators.harness.site import SiteProcess
+    from simulators.site import SiteLayout
     from simulators.wms import WmsSimulator
 
     own_dir = args.data_dir is None
@@ -134,58 +147,27 @@ async def _demo(args: argparse.Namespace) -> None:
     await asyncio.to_thread(broker.start)
     wms = WmsSimulator(port=args.wms_port)
     await wms.start()
-    children: list[ChildProcess] = []
-    conveyor_ports: list[int] = []
-    conveyor_control: str | None = None
-    sorter_port: int | None = None
+    layout = SiteLayout(put_walls=args.put_walls, pack_stations=args.pack_stations,
+                        amrs=args.amrs)
+    site = SiteProcess(data / "site", broker.port, layout=layout, extra=_site_args(args))
     try:
-        if args.conveyors:
-            conv = simulator("conveyor", [
-                "--port", "0", "--control-port", "0", "--count", str(args.conveyors),
-                "--tote-rate", "1", "--jam-rate", "0.01", "--jam-clear", "8",
-            ], data / "conveyor.log")
-            children.append(conv)
-            conv.start()
-            line = await asyncio.to_thread(conv.wait_for_log_event,
-                                           "conveyor_simulator_listening")
-            ports = line["ports"]
-            conveyor_ports = [int(p) for p in ports] if isinstance(ports, list) else []
-            conveyor_control = str(line["control"]) if line.get("control") else None
-        if args.sorter:
-            sorter_port = free_port()
-            sorter = simulator("sorter", [
-                "--port", str(sorter_port), "--rate", "2", "--state", str(data / "sorter"),
-            ], data / "sorter.log")
-            children.append(sorter)
-            sorter.start()
-            await asyncio.to_thread(sorter.wait_listening, sorter_port)
-        if args.amrs:
-            amr = simulator("amr", [
-                "--port", str(broker.port), "--count", str(args.amrs), "--standalone",
-                "--state-interval", "5", "--fail-rate", "0.03",
-            ], data / "amr.log")
-            children.append(amr)
-            amr.start()
+        await asyncio.to_thread(site.start)
     except BaseException:
-        for child in children:
-            child.stop(5)
+        await asyncio.to_thread(site.stop, 5)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         raise
     token_file, token = write_demo_token(data)
     text = demo_config_text(store_path=data / "buffer.db", broker_port=broker.port,
                             wms_url=wms.url, status_port=args.status_port,
-                            scanners=args.scanners, conveyor_ports=conveyor_ports,
-                            sorter_port=sorter_port, amrs=bool(args.amrs),
+                            devices=site.devices(), site_id=layout.site,
                             status_token_file=token_file)
     await asyncio.to_thread((data / "gateway.toml").write_text, text, encoding="utf-8")
     cfg = parse_config(tomllib.loads(text), data / "gateway.toml")
+    kinds = {d.id: device_kind(getattr(d, "role", None), d.driver) for d in cfg.devices}
     gateway = Gateway(cfg)
     gw_task = asyncio.create_task(gateway.run(install_signals=False), name="gateway")
-    fleet = ScannerFleet(broker.host, broker.port, count=args.scanners,
-                         no_read_rate=0.02, double_read_rate=0.05, client_id="demo-scanners")
-    fleet_stop = threading.Event()
-    fleet_task: asyncio.Task[int] | None = None
+    code = 0
     try:
         ready = asyncio.create_task(gateway.ready.wait())
         # The gateway may fail to start (e.g. the status port is in use): say so at once.
@@ -195,40 +177,62 @@ async def _demo(args: argparse.Namespace) -> None:
             gw_task.result()  # raises what stopped it (a StartupError: one line)
         if not gateway.ready.is_set():
             raise TimeoutError("the demo gateway did not become ready within 15 s")
-        await asyncio.to_thread(fleet.connect)
-        fleet_task = asyncio.create_task(
-            asyncio.to_thread(fleet.run, None, args.rate, fleet_stop), name="scanners"
-        )
+        # Orders start once the gateway reads every device: nothing happens unseen.
+        await asyncio.to_thread(site.start_orders)
         for text_line in try_this(DemoSite(
                 status=f"http://{cfg.status.host}:{cfg.status.port}", token=token,
                 config=data / "gateway.toml", wms_ingest=wms.url,
                 wms_control=f"http://127.0.0.1:{wms.control_port}",
                 broker=f"mqtt://{broker.host}:{broker.port}",
-                events_topic=f"wh/{cfg.site.id}/events/#", scanners=args.scanners,
-                scanner_rate=args.rate, conveyor_ports=conveyor_ports,
-                conveyor_control=conveyor_control,
-                sorter_endpoint=f"opc.tcp://127.0.0.1:{sorter_port}/" if sorter_port else None,
-                amrs=args.amrs)):
+                events_topic=f"wh/{cfg.site.id}/events/#", site_control=site.control_url,
+                ledger=site.ledger, devices=kinds, modbus_port=site.modbus_port,
+                opcua_port=site.opcua_port)):
             _say(text_line)
         waiters = [asyncio.create_task(stop.wait()), gw_task]
         await asyncio.wait(waiters, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
         waiters[0].cancel()
+        if args.verify and not gw_task.done():
+            code = await _truth_check(site, gateway, wms, stop)
     finally:
-        fleet_stop.set()
-        if fleet_task is not None:
-            with contextlib.suppress(Exception):
-                await fleet_task
-        await asyncio.to_thread(fleet.close)
         gateway.stop()
         with contextlib.suppress(Exception):
             await gw_task
         stats = wms.stats()
-        kinds = {d.id: getattr(d, "role", None) or d.driver for d in cfg.devices}
         _say(closing_line(stats["unique"], stats["duplicates"],
                           (r["event"]["device"] for r in wms.events), kinds))
-        for child in children:
-            await asyncio.to_thread(child.stop, 5)
+        await asyncio.to_thread(site.stop, 10)
         await wms.stop()
         await asyncio.to_thread(broker.stop)
         if own_dir:
             shutil.rmtree(data, ignore_errors=True)
+    return code
+
+
+#: How long ``--verify`` waits for the orders in flight and the backlog.
+_SETTLE_S = 120.0
+
+
+async def _truth_check(site: Any, gateway: Gateway, wms: Any, stop: asyncio.Event) -> int:
+    """Stop new orders, wait until the site is idle and the WMS has it all, print the check."""
+    from simulators.site import read_ledger, verify
+
+    await asyncio.to_thread(site.fault, "stop_orders")
+    _say("demo: no new orders; waiting for the orders in flight (Ctrl-C skips)")
+    stop.clear()
+    deadline = time.monotonic() + _SETTLE_S
+    settled = False
+    while time.monotonic() < deadline and not stop.is_set():
+        state = await asyncio.to_thread(site.state)
+        backlog = gateway.snapshot().sinks["wms"].backlog_events
+        if state["idle"] and backlog == 0:
+            if settled:
+                break
+            settled = True  # one more beat: the last polls and AMR states come in
+        else:
+            settled = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    _, entries = await asyncio.to_thread(read_ledger, site.ledger)
+    report = verify(entries, [r["event"] for r in wms.events])
+    _say("truth check: " + json.dumps(report, separators=(",", ":")))
+    return 0 if report["ok"] else 1

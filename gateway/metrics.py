@@ -85,6 +85,9 @@ def render_metrics(snap: GatewaySnapshot) -> str:
     sinks = snap.sinks
     metric("wh_sink_backlog_events", "gauge", "Events not yet delivered to a sink",
            [(f'{{sink="{_label(s)}"}}', v.backlog_events or 0) for s, v in sinks.items()])
+    metric("wh_sink_events_in_total", "counter",
+           "Events accepted since start with a type the sink's routes take",
+           [(f'{{sink="{_label(s)}"}}', v.events_in or 0) for s, v in sinks.items()])
     metric("wh_sink_delivered_total", "counter", "Events delivered by a sink",
            [(f'{{sink="{_label(s)}"}}', v.forwarder.events_delivered if v.forwarder else 0)
             for s, v in sinks.items()])

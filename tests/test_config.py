@@ -507,3 +507,35 @@ def test_parse_duration(text: object, expected: float) -> None:
 def test_parse_duration_rejects(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_check_lists_field_and_cross_reference_problems_in_one_run(
+    conf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = tomllib.loads(VALID)
+    # Field errors, each in its own section ...
+    doc["store"]["max_byte"] = "1 GiB"
+    doc["status"]["port"] = "abc"
+    doc["sinks"][0]["routes"] = ["scan", "pik"]
+    # ... and cross-reference errors that need the rest of the config to see.
+    doc["devices"][0]["broker"] = "nowhere"
+    doc["devices"][1]["id"] = "scan-1"
+    doc["sinks"][1]["broker"] = "elsewhere"
+    doc["devices"].append({
+        "id": "pack-scan", "driver": "mqtt", "broker": "site", "topic": "vendor/pack/reads",
+        "mapping": {"ids": ["meta.seq"], "events": [
+            {"on": "message", "type": "scan", "key": "read:{meta.other}",
+             "data": {"code": {"field": "barcode"}}}]}})
+    path = write_config(conf_dir, doc)
+
+    code, out, err = run_check(path, capsys)
+
+    assert code == 2 and out == ""
+    lines = [ln for ln in err.splitlines() if str(path) in ln]
+    keys = [ln.split(": ")[1] for ln in lines]
+    for key in ("store.max_byte", "status.port", "sinks[0].routes", "devices[0].broker",
+                "devices[1].id", "sinks[1].broker", "devices[2].mapping.events[0].key"):
+        assert key in keys, (key, err)
+    assert any("store.max_byte" in ln and "did you mean 'max_bytes'" in ln for ln in lines)
+    assert any("devices[1].id: duplicate id 'scan-1' (also devices[0])" in ln for ln in lines)
+    assert len(lines) == len(set(lines)) == 7, err

@@ -1,9 +1,11 @@
-"""``warehouse-gateway demo``: the README's first command brings up a whole site.
+"""``warehouse-gateway demo``: the README's first command brings up the whole site.
 
-Runs the demo as a real process (Mosquitto, WMS, scanners, conveyor PLCs over
-Modbus, the OPC UA sorter, VDA 5050 AMRs and the gateway) and checks that every
-kind of device is connected and its events reach the WMS, then that Ctrl-C
-stops everything cleanly.
+Runs the demo as a real process (Mosquitto, the WMS simulator, the simulated
+site with its put walls, Modbus conveyor, OPC UA induct reader and sorter,
+pack stations and VDA 5050 AMRs, and the gateway reading every device of
+``site_devices``) and checks that every device is connected and each kind's
+events reach the WMS; then Ctrl-C lets the orders in flight finish, prints the
+truth check of the site's ledger against the WMS (clean) and the closing line.
 """
 
 from __future__ import annotations
@@ -15,56 +17,50 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from demo import DemoProcess, get_json
 from waiting import wait_until_sync
 
-from simulators.broker import free_port
-from simulators.harness.process import ChildProcess, python_module
+from gateway.ops.demo_text import device_kind
+from simulators.site import SiteLayout, site_devices
+
+ORDERS = 6
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
-    status_port = free_port()
-    out_path = tmp_path / "demo.out"
-    proc = ChildProcess("demo", python_module(
-        "gateway", "demo", "--status-port", str(status_port), "--data-dir",
-        str(tmp_path / "site"), "--amrs", "3", "--duration", "120"), out_path)
-    proc.start()
+def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
+    proc = DemoProcess(tmp_path, "--orders", str(ORDERS), "--order-rate", "2", "--verify",
+                       "--duration", "240")
+    out_path = proc.out
+    status_port = proc.status_port
     try:
-        banner = wait_until_sync(
-            lambda: re.search(r"stats: http://127\.0\.0\.1:(\d+)/stats",
-                              out_path.read_text("utf-8", errors="replace")),
-            60, "the demo banner", 0.3, ignore=(OSError,))
-        control = f"http://127.0.0.1:{banner.group(1)}"
+        proc.start()
+        control, site_control = proc.wms_control, proc.site_control
         status = f"http://127.0.0.1:{status_port}/api/status"
 
         def all_connected() -> dict[str, Any] | None:
-            devices: dict[str, Any] = _get(status)["devices"]
+            devices: dict[str, Any] = get_json(status)["devices"]
             return devices if devices and all(d.get("connected") for d in devices.values()) \
                 else None
 
         devices = wait_until_sync(all_connected, 30, "every demo device connected", 0.3,
                                   ignore=(OSError,))
-        drivers = {d["driver"] for d in devices.values()}
-        assert drivers == {"mqtt", "modbus", "opcua", "vda5050"}
-
-        def seen() -> set[tuple[str, str]]:
-            page = _get(f"{control}/events?limit=10000")["events"]
-            return {(r["event"]["device"], r["event"]["type"]) for r in page}
+        # The gateway reads exactly the site's devices, whatever the site holds.
+        site = site_devices(SiteLayout(), modbus_port=1, opcua_port=1)
+        assert set(devices) == {d["id"] for d in site}
+        assert {d["driver"] for d in devices.values()} == {"mqtt", "modbus", "opcua", "vda5050"}
 
         def complete() -> set[tuple[str, str]] | None:
-            got = seen()
-            want = {("scan-01", "scan"), ("conveyor-01", "move"), ("sorter-1", "move"),
-                    ("amr-fleet", "pick")}
-            return got if want <= got else None
+            page = get_json(f"{control}/events?limit=10000")["events"]
+            got = {(r["event"]["device"], r["event"]["type"]) for r in page}
+            want = {("conveyor-01", "move"), ("sorter-1", "scan"), ("sorter-1", "move"),
+                    ("amr-fleet", "move")}
+            every_device = set(devices) <= {dev for dev, _ in got}
+            return got if want <= got and every_device else None
 
-        got = wait_until_sync(complete, 60,
-                              "scan, conveyor move, sorter move and AMR pick at the WMS",
-                              0.3, ignore=(OSError,))
-        assert ("amr-fleet", "device_status") not in got  # telemetry is not routed to the WMS
+        got = wait_until_sync(complete, 90, "events of every device at the WMS", 0.5,
+                              ignore=(OSError,))
+        assert not {t for _, t in got} - {"scan", "pick", "pack", "move", "exception"}
+        state = get_json(f"{site_control}/state")
+        assert state["orders"] >= 1 and state["ledger_entries"] > 0
 
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
@@ -74,10 +70,22 @@ def test_demo_runs_every_device_kind_into_the_wms(tmp_path: Path) -> None:
         assert bad == [], bad
         for dev in devices:
             assert f'wh_device_messages_total{{device="{dev}"}}' in metrics
+        wait_until_sync(lambda: get_json(f"{site_control}/state")["orders"] >= ORDERS, 60,
+                        "every order made", 0.5, ignore=(OSError,))
     finally:
         # Ctrl-C, as an operator at the terminal would stop it.
-        code = proc.stop(60, sig=signal.SIGINT, raise_on_kill=True)
+        code = proc.stop(200, sig=signal.SIGINT, raise_on_kill=True)
     text = out_path.read_text("utf-8", errors="replace")
-    assert code == 0, text[-3000:]
-    assert "demo stopped: WMS accepted" in text
     assert "Traceback" not in text
+    (line,) = [x for x in text.splitlines() if x.startswith("truth check: ")]
+    report = json.loads(line.removeprefix("truth check: "))
+    summary = {k: report[k] for k in ("missing", "phantom", "wrong_fields", "out_of_order")}
+    assert report["ok"], summary
+    assert report["delivered"] == report["expected"] > 0
+    assert code == 0, text[-3000:]
+    closing = re.search(r"demo stopped: WMS accepted (\d+) unique events \(0 duplicates\): (.*)",
+                        text)
+    assert closing, text[-2000:]
+    assert int(closing.group(1)) >= report["delivered"]
+    for kind in {device_kind(d.get("role"), d["driver"]) for d in site}:
+        assert re.search(rf"\d+ from {kind}s", closing.group(2)), closing.group(2)

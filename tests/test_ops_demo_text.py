@@ -7,38 +7,57 @@ import stat
 from pathlib import Path
 
 from gateway.ops.auth import parse_tokens
-from gateway.ops.demo_text import DemoSite, closing_line, try_this, write_demo_token
+from gateway.ops.demo_text import (
+    DemoSite,
+    closing_line,
+    device_kind,
+    try_this,
+    write_demo_token,
+)
 
 
 def test_try_this_names_every_url_and_ready_commands(tmp_path: Path) -> None:
     site = DemoSite(status="http://127.0.0.1:8080", token="TKN", config=tmp_path / "gw.toml",
                     wms_ingest="http://127.0.0.1:9001/api/events",
                     wms_control="http://127.0.0.1:9002", broker="mqtt://127.0.0.1:1883",
-                    events_topic="wh/S/events/#", scanners=4, scanner_rate=5.0,
-                    conveyor_ports=[502, 503], conveyor_control="http://127.0.0.1:9100",
-                    sorter_endpoint="opc.tcp://127.0.0.1:4840/", amrs=3)
+                    events_topic="wh/S/events/#", site_control="http://127.0.0.1:9100",
+                    ledger=tmp_path / "ledger.jsonl",
+                    devices={"conveyor-01": "conveyor", "sorter-1": "sorter",
+                             "pack-01": "pack_station", "pack-02": "pack_station",
+                             "amr-fleet": "amr"},
+                    modbus_port=502, opcua_port=4840)
     text = "\n".join(try_this(site))
     for url in ("http://127.0.0.1:8080/", "http://127.0.0.1:8080/api/status",
                 "http://127.0.0.1:8080/metrics", "http://127.0.0.1:8080/api/dead-letters",
                 "http://127.0.0.1:8080/api/reconciliation", "http://127.0.0.1:8080/api/audit",
                 "http://127.0.0.1:9001/api/events", "stats: http://127.0.0.1:9002/stats",
                 "http://127.0.0.1:9002/control/faults", "http://127.0.0.1:9100/state",
-                "opc.tcp://127.0.0.1:4840/", "mqtt://127.0.0.1:1883", "127.0.0.1:502,503"):
+                "http://127.0.0.1:9100/ledger", "opc.tcp://127.0.0.1:4840/",
+                "mqtt://127.0.0.1:1883", "127.0.0.1:502", str(tmp_path / "ledger.jsonl")):
         assert url in text, url
     assert "status token     TKN" in text
-    # The ready commands: WMS down, a jam, rejects of codes ending in 5, a replay.
+    assert "devices          5: 1 amr, 1 conveyor, 2 pack_station, 1 sorter" in text
+    # The ready commands: WMS down, the site's faults, rejects of codes ending in 5, a replay.
     assert "curl -s -X POST http://127.0.0.1:9002/control/outage -d '{\"seconds\": 60}'" in text
-    assert "curl -s -X POST http://127.0.0.1:9100/devices/1/jam -d '{\"zone\": 3}'" in text
+    for fault in ("jam", "no_read", "chute_full", "short_pick", "overweight", "amr_estop"):
+        assert f"curl -s -X POST http://127.0.0.1:9100/faults/{fault} -d '{{" in text, fault
+    assert "http://127.0.0.1:9100/faults/jam -d '{\"zone\": 2, \"seconds\": 30}'" in text
     assert ("-d '{\"reject_pattern\": \"5$\", \"reject_field\": \"data.code\"}'") in text
     assert ("-H 'Authorization: Bearer TKN' http://127.0.0.1:8080/api/dead-letters/replay"
             in text)
     assert f"warehouse-gateway report --config {tmp_path / 'gw.toml'}" in text
-    # Without conveyors or a token, their lines are left out rather than wrong.
+    # Without the site's control API or a token, their lines are left out rather than wrong.
     bare = "\n".join(try_this(DemoSite(status="http://h:1", token=None, config=tmp_path / "c",
                                        wms_ingest="i", wms_control="http://c:2", broker="b",
                                        events_topic="t")))
-    assert "devices/1/jam" not in bare and "Bearer" not in bare
-    assert "status token     " not in bare
+    assert "/faults/" not in bare and "Bearer" not in bare
+    assert "status token     " not in bare and "devices   " not in bare
+
+
+def test_device_kind_is_the_role_else_the_driver() -> None:
+    assert device_kind("conveyor", "modbus") == "conveyor"
+    assert device_kind(None, "vda5050") == "amr"
+    assert device_kind(None, "mqtt") == "mqtt"
 
 
 def test_closing_line_counts_events_per_device_kind() -> None:

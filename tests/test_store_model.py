@@ -257,6 +257,7 @@ class StoreMachine(RuleBasedStateMachine):
             rows[top] = MRow(top, e.event_id, e.type, int(e.priority), None, e.body)
             recent.add(e.event_id)
             result.inserted += 1
+            result.inserted_by_type[e.type] += 1
         result.dead_letters = len(ingest)
         if ingest:
             # New dead letters count too: a budget smaller than one may evict it at once.

@@ -41,6 +41,7 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.base import Availability
 from drivers.modbus.config import ModbusDevice
+from drivers.modbus.connect import CannotConnect, open_client
 from drivers.modbus.registers import (
     BadValue,
     ReadBlock,
@@ -216,22 +217,10 @@ class ModbusDriver:
         if self._client is not None and self._client.connected:
             return
         self._close()
-        dev = self.device
-        # retries=0 and no automatic reconnect: this driver owns both decisions.
-        client = AsyncModbusTcpClient(dev.host, port=dev.port, timeout=dev.timeout, retries=0,
-                                      reconnect_delay=0)
         try:
-            async with asyncio.timeout(dev.timeout):
-                ok = await client.connect()
-        except TimeoutError:
-            ok = False
-        except OSError as err:
-            client.close()
-            raise DeviceError(f"cannot connect to {dev.host}:{dev.port}: {err}",
-                              reconnect=True) from None
-        if not ok:
-            client.close()
-            raise DeviceError(f"cannot connect to {dev.host}:{dev.port}", reconnect=True)
+            client = await open_client(self.device)
+        except CannotConnect as err:
+            raise DeviceError(str(err), reconnect=True) from None
         self._client = client  # closed by ``run`` if the next line raises
         raise_if_cancelling()
         self.connects += 1

@@ -29,6 +29,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.modbus.config import ModbusDevice
+from drivers.modbus.connect import CannotConnect, open_client
 from drivers.modbus.registers import exception_text
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -79,19 +80,10 @@ class _Scanner:
         if self.client is not None and self.client.connected:
             return self.client
         self.close()
-        dev = self.dev
-        client = AsyncModbusTcpClient(dev.host, port=dev.port, timeout=dev.timeout, retries=0,
-                                      reconnect_delay=0)
         try:
-            async with asyncio.timeout(dev.timeout):
-                ok = await client.connect()
-        except (TimeoutError, OSError) as err:
-            client.close()
-            raise NotReachable(f"cannot connect to {dev.host}:{dev.port}: "
-                               f"{err or type(err).__name__}") from None
-        if not ok:
-            client.close()
-            raise NotReachable(f"cannot connect to {dev.host}:{dev.port}")
+            client = await open_client(self.dev)
+        except CannotConnect as err:
+            raise NotReachable(str(err)) from None
         self.client = client
         return client
 

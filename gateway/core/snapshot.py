@@ -10,7 +10,7 @@ counts, state, alerts) are typed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,13 @@ class ForwarderSnapshot:
     last_batch_at: float | None
 
 
+def routed_events(by_type: Mapping[str, int], routes: Iterable[str] | None) -> int:
+    """How many of the events counted ``by_type`` a sink with ``routes`` takes (None: all)."""
+    if routes is None:
+        return sum(by_type.values())
+    return sum(by_type.get(t, 0) for t in set(routes))
+
+
 @dataclass(frozen=True, slots=True)
 class SinkSnapshot:
     """One sink: what the sink reports, what its forwarder counted, its backlog."""
@@ -107,6 +114,8 @@ class SinkSnapshot:
     rate_out_per_s: float | None = None
     #: Seconds until the backlog is gone at the current rates (None: not draining).
     drain_estimate_s: float | None = None
+    #: Events accepted since start with a type the sink's routes take (None: not known).
+    events_in: int | None = None
 
     @classmethod
     def build(cls, sink: str, details: Mapping[str, Any], forwarder: ForwarderSnapshot | None,
@@ -149,6 +158,7 @@ class SinkSnapshot:
         out["oldest_undelivered_age_s"] = self.oldest_undelivered_age_s
         out["rate_out_per_s"] = self.rate_out_per_s
         out["drain_estimate_s"] = self.drain_estimate_s
+        out["events_in"] = self.events_in
         return out
 
 
@@ -211,6 +221,8 @@ class CommitterSnapshot:
     pending_units: int = 0
     commits: int = 0
     events: int = 0
+    #: Events accepted since start, by type.
+    events_by_type: Mapping[str, int] = field(default_factory=dict)
     duplicates: int = 0
     ingest_dead_letters: int = 0
     evicted_telemetry: int = 0

@@ -22,6 +22,11 @@ def write_demo_token(folder: Path) -> tuple[Path, str]:
     return path, token
 
 
+def device_kind(role: str | None, driver: str) -> str:
+    """The kind a device is counted as: its role, else its driver (VDA 5050: ``amr``)."""
+    return role or {"vda5050": "amr"}.get(driver, driver)
+
+
 @dataclass(frozen=True, slots=True)
 class DemoSite:
     """Where everything of a running demo listens."""
@@ -33,12 +38,29 @@ class DemoSite:
     wms_control: str
     broker: str
     events_topic: str
-    scanners: int = 0
-    scanner_rate: float = 0.0
-    conveyor_ports: list[int] = field(default_factory=list)
-    conveyor_control: str | None = None
-    sorter_endpoint: str | None = None
-    amrs: int = 0
+    #: The simulated site's control API (faults, state, ledger), its ledger file.
+    site_control: str | None = None
+    ledger: Path | None = None
+    #: Device id -> kind (conveyor, sorter, scanner, pack_station, amr, ...).
+    devices: Mapping[str, str] = field(default_factory=dict)
+    modbus_port: int | None = None
+    opcua_port: int | None = None
+
+
+#: The site's faults the "try this" block shows: (what it does, fault, JSON body).
+SITE_FAULTS: tuple[tuple[str, str, str], ...] = (
+    ("jam conveyor zone 2 for 30 s", "jam", '{"zone": 2, "seconds": 30}'),
+    ("the next 3 induct scans are no-reads", "no_read", '{"count": 3}'),
+    ("chute 1 full for 20 s", "chute_full", '{"station": 1, "seconds": 20}'),
+    ("the next 2 picks are short", "short_pick", '{"count": 2}'),
+    ("the next carton is overweight", "overweight", '{"count": 1}'),
+    ("AMR emergency stop for 10 s", "amr_estop", '{"seconds": 10}'),
+)
+
+
+def _devices_line(devices: Mapping[str, str]) -> str:
+    per = Counter(devices.values())
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(per.items()))
 
 
 def try_this(site: DemoSite) -> list[str]:
@@ -47,7 +69,7 @@ def try_this(site: DemoSite) -> list[str]:
     cfg = site.config
     lines = [
         "",
-        "warehouse gateway demo is running",
+        "warehouse gateway demo is running: the whole simulated site",
         "",
         f"  status page      {s}/   (log in with the status token to replay or discard)",
         f"  status API       {s}/api/status",
@@ -63,27 +85,24 @@ def try_this(site: DemoSite) -> list[str]:
         f"  WMS simulator    {site.wms_ingest}  (stats: {c}/stats, faults: {c}/control/faults)",
         f"  MQTT broker      {site.broker}  (events out on {site.events_topic})",
     ]
-    if site.scanners:
-        lines.append(f"  scanners         {site.scanners} publishing {site.scanner_rate}/s")
-    if site.conveyor_ports:
-        ports = ",".join(map(str, site.conveyor_ports))
-        control = f"; control {site.conveyor_control}/state" if site.conveyor_control else ""
-        lines.append(f"  conveyors        {len(site.conveyor_ports)} Modbus TCP PLCs on "
-                     f"127.0.0.1:{ports}{control}")
-    if site.sorter_endpoint:
-        lines.append(f"  sorter           OPC UA {site.sorter_endpoint}  (control: OPC UA methods "
-                     "DropSubscriptions, InjectBadConfirm, InjectBadValue)")
-    if site.amrs:
-        lines.append(f"  AMRs             {site.amrs} VDA 5050 vehicles on the broker "
-                     "(uagv/v2/...)")
+    if site.devices:
+        lines.append(f"  devices          {len(site.devices)}: {_devices_line(site.devices)}")
+    if site.modbus_port is not None:
+        lines.append(f"  conveyor PLC     Modbus TCP 127.0.0.1:{site.modbus_port}")
+    if site.opcua_port is not None:
+        lines.append(f"  sorter, reader   OPC UA opc.tcp://127.0.0.1:{site.opcua_port}/")
+    f = site.site_control.rstrip("/") if site.site_control else None
+    if f:
+        lines.append(f"  site control     {f}/state, {f}/ledger, POST {f}/faults/<name>")
+    if site.ledger:
+        lines.append(f"  site ledger      {site.ledger}  (what physically happened)")
     lines.append(f"  config, store    {cfg.parent}")
     lines += ["", "try this:",
               "  # take the WMS down for 60 s: backlog and oldest-undelivered age grow, then drain",
               f"  curl -s -X POST {c}/control/outage -d '{{\"seconds\": 60}}'"]
-    if site.conveyor_control:
-        lines += ["  # jam conveyor 1 in zone 3, then clear it",
-                  f"  curl -s -X POST {site.conveyor_control}/devices/1/jam -d '{{\"zone\": 3}}'",
-                  f"  curl -s -X POST {site.conveyor_control}/devices/1/clear"]
+    if f:
+        for what, name, body in SITE_FAULTS:
+            lines += [f"  # {what}", f"  curl -s -X POST {f}/faults/{name} -d '{body}'"]
     lines += ["  # the WMS rejects codes ending in 5: they become dead letters (undo: "
               "'{\"reject_pattern\": null}')",
               f"  curl -s -X POST {c}/control/faults -d "
@@ -108,7 +127,7 @@ def closing_line(unique: int, duplicates: int, devices: Iterable[str],
     """``demo stopped: ...`` with the WMS's events counted per device kind.
 
     ``devices`` is the device of each event the WMS accepted; ``kinds`` maps
-    a device id to its kind (scanner, conveyor, sorter, amr).
+    a device id to its kind (see :func:`device_kind`).
     """
     per = Counter(kinds.get(d, "other") for d in devices)
     shown = ", ".join(f"{n} from {k}s" for k, n in sorted(per.items(), key=lambda kv: -kv[1]))

@@ -53,6 +53,8 @@ class MqttSink:
         self.refused = 0
         self.last_refusal: str | None = None
         self.last_success: float | None = None
+        #: Wall time publishes began to be refused (None: not refused).
+        self.refused_since: float | None = None
 
     def topic(self, row: Row) -> str:
         """Topic of one event."""
@@ -104,6 +106,8 @@ class MqttSink:
                 await asyncio.wait([inflight[0][1]])
                 self._settle(inflight.popleft(), failed)
             if failed:
+                if self.last_refusal is not None and self.refused_since is None:
+                    self.refused_since = time.time()
                 if self.last_refusal is not None:
                     log.warning("mqtt_sink_publish_refused", sink=self.id,
                                 error=self.last_refusal, retrying=len(failed))
@@ -117,6 +121,7 @@ class MqttSink:
                 continue
             self.delivered += len(pending)
             self.last_refusal = None
+            self.refused_since = None
             self._backoff.reset()
             self.last_success = time.time()
             pending = []
@@ -156,6 +161,9 @@ class MqttSink:
             "session_takeovers": self.link.takeovers,
             "delivered": self.delivered,
             "republished": self.republished,
-            "last_error": self.link.last_error,
+            "last_error": self.link.last_error or self.last_refusal,
             "last_success": self.last_success,
+            # Since when the broker is away (or refuses publishes): the page's "down since"
+            # and the sink-unavailable alert's since, as for the HTTP sink.
+            "down_since": self.link.down_since or self.refused_since,
         }

@@ -73,6 +73,7 @@
         ["drains in", k.backlog_events ? (k.drain_estimate_s == null ? "not draining" : age(k.drain_estimate_s)) : "—"],
         ["down since", k.down_since ? clock(k.down_since) : "—"],
         ["last success", k.last_success ? `${clock(k.last_success)} (${age(Date.now() / 1000 - k.last_success)} ago)` : "none yet"],
+        ["events in", k.events_in ?? "—"],
         ["delivered", k.events_delivered ?? k.delivered],
         ["dead letters", k.dead_letters ?? 0],
       ];

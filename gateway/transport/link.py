@@ -203,6 +203,8 @@ class MqttLink:
         self._last_error: str | None = None
         self.messages_received = 0
         self.reconnects = 0
+        #: Wall time the connection was lost or a connect first failed (None: up or never tried).
+        self.down_since: float | None = None
         self.takeover = TakeoverDetector(client_id, broker.keepalive, clock)
         self._throttle = LogThrottle(log, _CLASH_LOG_INTERVAL_S, clock)
 
@@ -370,6 +372,7 @@ class MqttLink:
         else:
             log.info("mqtt_connected", **fields)
         self._reported_down = False
+        self.down_since = None
         self._down.clear()
         self.connected.set()
 
@@ -527,6 +530,8 @@ class MqttLink:
                     if self._down_is_takeover:
                         # Not the other client after all: the broker is away.
                         self._down_is_takeover = self._reported_down = False
+                if self.down_since is None:
+                    self.down_since = time.time()
                 if not self._reported_down:
                     log.warning("mqtt_unavailable", broker=self.broker.id,
                                 client_id=self.client_id, error=self.last_error)
