@@ -74,7 +74,10 @@ def station(broker: MosquittoBroker) -> Iterator[Station]:
 def _gateway(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator) -> GatewayProcess:
     devices = [
         {"id": WALL, "driver": "mqtt", "role": "pick_station", "broker": "site",
-         "topic": f"{WALL_TOPIC}/+", "station": {"preset": "put-wall-json"}},
+         "topic": f"{WALL_TOPIC}/#",
+         # One task topic per position of the wall, each holding its task retained.
+         "station": {"preset": "put-wall-json",
+                     "messages": {"task": {"topic": "+/+/stations/+/task/+"}}}},
         {"id": BENCH, "driver": "mqtt", "role": "pack_station", "broker": "site",
          "topic": f"{BENCH_TOPIC}/#", "location": "PACK-01",
          "station": {"preset": "pack-bench-json", "abandon_after": "2s"}},
@@ -91,10 +94,10 @@ def _id(device: str, key: str) -> str:
     return make_event_id(SITE, device, key)
 
 
-def _task(st: Station, task_id: str, qty: int, line: int = 1) -> None:
-    st.send(f"{WALL_TOPIC}/task", {"task_id": task_id, "order": "ORD-000001", "line": line,
-                                   "sku": f"SKU-000{line}", "qty": qty, "location": "PUT-01",
-                                   "container": "TOTE-000001"}, retain=True)
+def _task(st: Station, task_id: str, qty: int, line: int = 1, position: int = 1) -> None:
+    st.send(f"{WALL_TOPIC}/task/{position}", {
+        "task_id": task_id, "order": "ORD-000001", "line": line, "sku": f"SKU-000{line}",
+        "qty": qty, "location": "PUT-01", "container": "TOTE-000001"}, retain=True)
 
 
 async def _messages(gw: GatewayProcess, device: str, n: int) -> None:
@@ -118,10 +121,16 @@ async def test_picks_and_shorts_survive_a_kill_between_task_and_confirm(
         await send(station.client.publish(f"{WALL_TOPIC}/confirm", json.dumps(first_confirm),
                                           qos=1).wait_for_publish, 10)
         await _messages(gw, WALL, 3)
-        assert gw.status()["devices"][WALL]["station"]["picks"] == 2
-        # The task is shown and read; the gateway dies before the operator confirms.
-        await send(_task, station, "PW-2", 3, 2)
-        await _messages(gw, WALL, 4)
+        await wait_until(lambda: gw.status()["devices"][WALL]["station"]["picks"] == 2, 10,
+                         "the repeated confirm recognized")
+        # The task is shown at position 2; position 1 moves on to a task that is confirmed
+        # (so the gateway has read and acknowledged PW-2 before that pick reaches the
+        # WMS); the gateway dies before the operator confirms PW-2.
+        await send(_task, station, "PW-2", 3, 2, 2)
+        await send(_task, station, "PW-3", 1, 3, 1)
+        await send(station.send, f"{WALL_TOPIC}/confirm", {"task_id": "PW-3", "qty": 1})
+        await wait_until(lambda: _id(WALL, "task:PW-3:confirm") in _events(wms), 15,
+                         "the third pick at the WMS")
         await send(gw.kill)
         await send(station.send, f"{WALL_TOPIC}/confirm", {"task_id": "PW-2", "qty": 1,
                                                            "short": True})
@@ -131,8 +140,8 @@ async def test_picks_and_shorts_survive_a_kill_between_task_and_confirm(
                          "the short pick confirmed while the gateway was down")
         # A confirm of a task never shown: an ingest dead letter, no event.
         await send(station.send, f"{WALL_TOPIC}/confirm", {"task_id": "PW-404", "qty": 1})
-        # The confirm queued while the gateway was down came before the retained task
-        # (a dead letter, then booked), this one stays a dead letter.
+        # The confirm queued while the gateway was down comes before the retained task
+        # (a dead letter, then booked when the task arrives); this one stays one.
         await wait_until(lambda: gw.status()["store"]["dead_letters"]["ingest"] == 2, 10,
                          "two ingest dead letters")
         await delivered(gw)
@@ -143,7 +152,7 @@ async def test_picks_and_shorts_survive_a_kill_between_task_and_confirm(
     assert figures["unknown_confirms"] == 2
     picks = {k: e for k, e in events.items() if e["device"] == WALL}
     assert set(picks) == {_id(WALL, "task:PW-1:confirm"), _id(WALL, "task:PW-2:confirm"),
-                          _id(WALL, "task:PW-2:short")}
+                          _id(WALL, "task:PW-2:short"), _id(WALL, "task:PW-3:confirm")}
     pick2 = picks[_id(WALL, "task:PW-2:confirm")]
     assert pick2["type"] == "pick" and pick2["occurred_at"] == short_confirm["timestamp"]
     assert pick2["correlation_id"] == "container:TOTE-000001"
