@@ -184,11 +184,30 @@ class Committer:
         self._empty = asyncio.Event()
         self._empty.set()
         self.stats = CommitStats()
+        #: Monotonic times for the watchdog (``stalled_s``).
+        self._pending_since = 0.0
+        self._progress_at = 0.0
 
     @property
     def pending(self) -> int:
         """Units waiting for a commit."""
         return len(self._pending)
+
+    def stalled_s(self, now: float) -> float:
+        """How long units have waited with no commit finishing (0 when none wait).
+
+        A full store is not stalled: each retry of its commit finishes.
+        """
+        if not self._pending:
+            return 0.0
+        return max(0.0, now - max(self._pending_since, self._progress_at))
+
+    def _queue(self, unit: _Unit) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(unit)
+        self._empty.clear()
+        self._wake.set()
 
     @property
     def full(self) -> bool:
@@ -212,9 +231,7 @@ class Committer:
         """
         if len(self._pending) >= self._max_pending:
             raise Backpressure(f"{len(self._pending)} units are waiting for the store")
-        self._pending.append(_Unit(records, on_commit, None))
-        self._empty.clear()
-        self._wake.set()
+        self._queue(_Unit(records, on_commit, None))
 
     async def append(self, records: Sequence[Record]) -> None:
         """Queue records and wait until they are committed (accepted)."""
@@ -222,9 +239,7 @@ class Committer:
             self._room.clear()
             await self._room.wait()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Unit(records, None, fut))
-        self._empty.clear()
-        self._wake.set()
+        self._queue(_Unit(records, None, fut))
         await fut
 
     async def flushed(self) -> None:
@@ -284,6 +299,7 @@ class Committer:
             self._service.store.append, [u.records for u in group]
         )
         self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
+        self._progress_at = time.monotonic()
         done = result.units_committed
         for _ in range(done):
             self._pending.popleft()

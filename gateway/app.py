@@ -47,7 +47,10 @@ from gateway.core.snapshot import (
 )
 from gateway.forwarder import Forwarder
 from gateway.history import History, Sample
+from gateway.sdnotify import Notifier
+from gateway.servicestatus import ServiceManager
 from gateway.supervisor import Supervisor, describe
+from gateway.watchdog import Watchdog, watchdog_interval
 
 T = TypeVar("T")
 
@@ -98,7 +101,8 @@ def _check_store_dir(path: Path) -> None:
 class Gateway:
     """All components of one gateway process."""
 
-    def __init__(self, cfg: GatewayConfig, *, supervisor: Supervisor | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, *, supervisor: Supervisor | None = None,
+                 config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.supervisor = supervisor or Supervisor()
         self.lock = StoreLock(cfg.store.path)
@@ -120,6 +124,11 @@ class Gateway:
         self.rejections = RejectionWatch()
         self.alert_book = AlertBook()
         self.history = History(STATS_REFRESH_S)
+        #: systemd: READY/STATUS/STOPPING, reload (SIGHUP) and the watchdog.
+        self.notifier = Notifier()
+        self.service_manager = ServiceManager(self.notifier, self.snapshot, config_path, cfg,
+                                              lambda: self.sinks)
+        self.watchdog: Watchdog | None = None
 
     def device_states(self) -> dict[str, bool]:
         """Whether each device is connected (MQTT presence topics)."""
@@ -168,6 +177,7 @@ class Gateway:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.service_manager.request_reload)
         failed = False
         try:
             await self._run_tasks()
@@ -226,11 +236,23 @@ class Gateway:
                 if status is not None:
                     others.append(sup.start(tg, "status", status.serve))
                 others.append(sup.start(tg, "readiness", self._readiness))
+                others += self._start_systemd(tg)
                 await self._stop.wait()
                 await self._shutdown(driver_tasks, commit_task, others)
         finally:
             if status is not None:
                 await status.close()  # when the task never ran (a failure in between)
+
+    def _start_systemd(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        # Started once the store is open, the sinks registered and the status
+        # server listens: the service manager's first act is READY=1.
+        tasks = [self.supervisor.start(tg, "systemd", self.service_manager.run)]
+        interval = watchdog_interval()
+        if interval is not None:
+            dog = self.watchdog = Watchdog(self.notifier, interval, self.committer,
+                                           lambda: self.forwarders)
+            tasks.append(self.supervisor.start(tg, "watchdog", dog.run))
+        return tasks
 
     async def _forward(self, forwarder: Forwarder) -> None:
         # Every (re)start resumes from the committed cursor: after a failure the
@@ -246,6 +268,7 @@ class Gateway:
         others: list[asyncio.Task[Any]],
     ) -> None:
         self.stopping = True
+        self.service_manager.stopping()
         self.ready.clear()
         self.supervisor.stop_restarts()
         budget = self.cfg.shutdown_timeout
@@ -413,10 +436,10 @@ def _rss_bytes() -> int:
         return 0
 
 
-def run_gateway(cfg: GatewayConfig) -> None:
-    """Run the gateway on uvloop when available."""
+def run_gateway(cfg: GatewayConfig, config_path: Path | None = None) -> None:
+    """Run the gateway on uvloop when available (``config_path``: reloaded on SIGHUP)."""
     async def _main() -> None:
-        await Gateway(cfg).run()
+        await Gateway(cfg, config_path=config_path).run()
 
     try:
         import uvloop

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.exitcodes import (
@@ -86,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     configure_logging(cfg.log.level, cfg.log.format)
     try:
-        run_gateway(cfg)
+        run_gateway(cfg, Path(args.config))
     except StoreLocked as err:
         _err(f"error: {err}")
         return EXIT_STORE_LOCKED

@@ -161,15 +161,23 @@ def read_secret(path: Path, what: str) -> str:
     return text
 
 
+#: The unit loads the credentials folder as ``LoadCredential=credentials:<folder>``:
+#: systemd names each file's credential ``credentials_<file name>``.
+CREDENTIAL_PREFIX = "credentials_"
+
+
 def resolve_path(base: Path, p: Path | None) -> Path | None:
     """Where a configured file is: absolute as given; a relative path is looked up
-    first in systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), then
-    next to the config file (``base``)."""
+    first in systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``: as named,
+    then as ``credentials_<name>``, a file of the credentials folder), then next
+    to the config file (``base``)."""
     if p is None:
         return None
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not p.is_absolute() and creds and (Path(creds) / p).exists():
-        return Path(creds) / p
+    if not p.is_absolute() and creds:
+        for name in (p, Path(CREDENTIAL_PREFIX + str(p))):
+            if (Path(creds) / name).exists():
+                return Path(creds) / name
     return p if p.is_absolute() else (base / p)
 
 

@@ -241,6 +241,8 @@ class HttpSink:
             log.warning("sink_tls_insecure", sink=cfg.id, warning=INSECURE_WARNING)
         self._token: str | None = None
         self._token_stamp: tuple[float, int] | None = None
+        #: When the request in flight was sent (``clock``), for the watchdog.
+        self._send_started: float | None = None
         self.not_before = 0.0
         self.paused_auth: str | None = None
         self.paused_protocol: str | None = None
@@ -274,6 +276,24 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def send_timeout(self) -> float:
+        """The longest one request may take (``timeout``)."""
+        return self.cfg.timeout
+
+    def send_age(self, now: float) -> float | None:
+        """How long the request in flight has been awaited (``None``: none is)."""
+        return None if self._send_started is None else now - self._send_started
+
+    def reconfigure(self, cfg: HttpSinkConfig) -> None:
+        """Take a reloaded config whose changes are all in ``gateway.reload.HTTP_SINK_LIVE``."""
+        if (cfg.backoff_initial, cfg.backoff_max) != (self.cfg.backoff_initial,
+                                                      self.cfg.backoff_max):
+            self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        if cfg.token_file != self.cfg.token_file:
+            self._token, self._token_stamp = None, None
+        self.cfg = cfg
 
     # -- token ------------------------------------------------------------------------
 
@@ -399,6 +419,7 @@ class HttpSink:
             if auth is not None:
                 headers["Authorization"] = auth
             self.stats.bytes_sent += len(body)
+            self._send_started = self._clock()
             try:
                 reply = await self._exchange(body, headers)
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
@@ -409,6 +430,8 @@ class HttpSink:
                 self._transient(tls or plain_error(err, self.cfg.timeout), None, None,
                                 raw=f"{type(err).__name__}: {err}")
                 continue
+            finally:
+                self._send_started = None
             if isinstance(reply, _SinkError):
                 self._sink_error(reply)
                 continue
