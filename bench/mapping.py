@@ -167,7 +167,7 @@ _SIM_MAPPING: dict[str, Any] = {
     "ids": ["TrackingId", "ConfirmSeq"],
     "events": [
         {"on": "divert", "when": {"field": "Result", "in": ["diverted"]}, "type": "move",
-         "key": "vd:{TrackingId}:{ConfirmSeq}", "correlation": "code:{$data.container}",
+         "key": "vd:{TrackingId}:{ConfirmSeq}", "correlation": "container:{$data.container}",
          "data": {"container": {"field": "Barcode", "type": "string"},
                   "from": {"field": "Induct", "type": "string"},
                   "to": {"field": "Chute", "type": "string"},

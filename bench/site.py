@@ -2,7 +2,7 @@
 
 Everything is real and on loopback: Mosquitto, the WMS simulator (its own
 process), the site simulator (``python -m simulators site``: put walls, the
-Modbus conveyor, the OPC UA sorter, MQTT pack-station scanners, VDA 5050
+Modbus conveyor, the OPC UA sorter, MQTT pack stations, VDA 5050
 AMRs) and the gateway process. The order rate grows step by step (120, 360,
 600, 900, 1200 orders per minute); each step is a fresh site, WMS and gateway that
 run ``window_s`` seconds of orders, then drain: every order at its dock door
@@ -44,6 +44,7 @@ from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.harness.site import SiteProcess
 from simulators.harness.wms import WmsProcess
 from simulators.site import SiteLayout, read_ledger, verify
+from simulators.site.config import site_codes
 
 __all__ = ["add_arguments", "measure", "run"]
 
@@ -88,7 +89,8 @@ def _step(workdir: Path, broker: MosquittoBroker, per_min: int, window_s: float
     gw = GatewayProcess(GatewaySetup(workdir=workdir / "gw", broker_port=broker.port,
                                      wms_url=wms.url, scanners=0,
                                      devices=site.devices(poll_interval="100ms"),
-                                     http_extra={"routes": ROUTES}))
+                                     http_extra={"routes": ROUTES},
+                                     site_extra={"codes": site_codes()}))
     out: dict[str, Any] = {"orders": orders}
     try:
         gw.start()

@@ -15,6 +15,7 @@ from typing import Any
 
 from buffer.service import Committer
 from gateway.config import GatewayConfig
+from gateway.core.codes import Identity
 from gateway.core.config import DeviceModel
 from gateway.core.protocols import Driver, DriverContext, Sink, SinkContext
 from gateway.ingest import DriverIngest
@@ -31,15 +32,17 @@ def build_drivers(cfg: GatewayConfig, committer: Committer, *,
     for (model, _), devices in groups.items():
         broker = brokers.get(getattr(devices[0], "broker", ""))
         drivers.append(model.build(
-            driver_context(cfg.site.id, devices, committer, broker=broker, clock=clock)))
+            driver_context(cfg.site.id, devices, committer, broker=broker, clock=clock,
+                           identity=Identity.of(cfg.site.codes))))
     return drivers
 
 
 def driver_context(site: str, devices: Sequence[DeviceModel], committer: Committer, *,
                    broker: Any = None,
-                   clock: Callable[[], float] = time.time) -> DriverContext[Any]:
+                   clock: Callable[[], float] = time.time,
+                   identity: Identity | None = None) -> DriverContext[Any]:
     """The context of one driver: its devices, each with its own ingest pipeline."""
-    ingest = DriverIngest(site, devices, committer, type(devices[0]).KIND)
+    ingest = DriverIngest(site, devices, committer, type(devices[0]).KIND, identity=identity)
     return DriverContext(site=site, devices=tuple(devices), ingest=ingest, broker=broker,
                          clock=clock)
 

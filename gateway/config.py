@@ -27,6 +27,7 @@ from drivers.modbus.config import ModbusDevice
 from drivers.mqtt.config import MqttDevice, ScannerFields
 from drivers.opcua.config import OpcuaDevice
 from drivers.vda5050.config import Vda5050Device
+from gateway.core.codes import CodeRule
 from gateway.core.config import (
     ByteSize,
     Duration,
@@ -45,6 +46,7 @@ from gateway.core.events import EVENT_TYPES
 from gateway.core.suggest import nearest_key
 from gateway.core.tls import ClientTls
 from gateway.mapping.check import mapping_problems
+from gateway.mapping.stations import station_problems
 from gateway.transport.config import BrokerConfig
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ class SiteConfig(Model):
     """The site this gateway serves."""
 
     id: Identifier
+    #: What each code is, by its shape (``[[site.codes]]``: gateway.core.codes).
+    codes: list[CodeRule] = []
 
 
 def _size_or_zero(value: object) -> int:
@@ -294,6 +298,7 @@ def _reference_problems(ids: dict[str, list[object]], devices: list[tuple[int, A
             )
     for i, dev in devices:
         problems.extend(mapping_problems(dev, f"devices[{i}]"))
+        problems.extend(station_problems(dev, f"devices[{i}]"))
     return problems
 
 

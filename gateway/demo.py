@@ -69,10 +69,12 @@ _RANDOM_FAULTS = ["--no-read-rate", "0.03", "--short-pick-rate", "0.03",
 
 def demo_config(*, store_path: Path, broker_port: int, wms_url: str, status_port: int,
                 devices: list[dict[str, Any]], site_id: str = "DC-EAST-1",
+                codes: list[dict[str, str]] | None = None,
                 status_token_file: Path | None = None) -> dict[str, Any]:
-    """The demo's gateway config as data: the site's ``devices``, the WMS and MQTT sinks."""
+    """The demo's gateway config as data: the site's ``devices`` and ``[[site.codes]]``,
+    the WMS and MQTT sinks."""
     return {
-        "site": {"id": site_id},
+        "site": {"id": site_id, **({"codes": codes} if codes else {})},
         # Delivered events stay an hour, for the container search and `events tail`.
         "store": {"path": store_path, "max_bytes": "256 MiB", "retention": "1h"},
         "brokers": [{"id": "site", "host": "127.0.0.1", "port": broker_port}],
@@ -134,6 +136,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from simulators.broker import MosquittoBroker
     from simulators.harness.site import SiteProcess
     from simulators.site import SiteLayout
+    from simulators.site.config import site_codes
     from simulators.wms import WmsSimulator
 
     own_dir = args.data_dir is None
@@ -160,7 +163,7 @@ async def _demo(args: argparse.Namespace) -> int:
     token_file, token = write_demo_token(data)
     text = demo_config_text(store_path=data / "buffer.db", broker_port=broker.port,
                             wms_url=wms.url, status_port=args.status_port,
-                            devices=site.devices(), site_id=layout.site,
+                            devices=site.devices(), site_id=layout.site, codes=site_codes(),
                             status_token_file=token_file)
     await asyncio.to_thread((data / "gateway.toml").write_text, text, encoding="utf-8")
     cfg = parse_config(tomllib.loads(text), data / "gateway.toml")

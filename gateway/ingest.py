@@ -7,9 +7,12 @@ here, written once for every kind of device:
    driver and role (a table, not code: a new role is one entry);
 2. a recognizer failure becomes an ingest dead letter holding the raw input,
    counted and logged once per device and error type (``IngestErrorLog``);
-3. the records go to the store's group commit (``Committer``), and the
+3. the central identity step (``gateway.core.codes.Identity``): every event
+   of a handling unit gets ``data.container`` and ``container:<id>``, scans
+   their code's kind;
+4. the records go to the store's group commit (``Committer``), and the
    source is acknowledged only after they are committed;
-4. messages no device claims are counted (``unrouted``) and logged once.
+5. messages no device claims are counted (``unrouted``) and logged once.
 
 The recognizer slot is a plain ``feed(signal) -> records`` object, so a
 declarative mapping (field maps, value maps, triggers) can stand in for a
@@ -30,6 +33,7 @@ import structlog
 from buffer.service import Backpressure
 from gateway.alerts import ClockSkew
 from gateway.core.alert import Alert
+from gateway.core.codes import Identity
 from gateway.core.errors import IngestError
 from gateway.core.events import Signal
 from gateway.core.protocols import Describe, Handoff
@@ -38,8 +42,11 @@ from gateway.core.reports import BROKEN_STATES
 from gateway.core.throttle import LogThrottle
 from gateway.mapping.config import resolve_mapping
 from gateway.mapping.engine import MappingRecognizer, device_params
+from gateway.mapping.stations import resolve_station
 from gateway.recognizers.amr import AmrRecognizer
 from gateway.recognizers.conveyor import ConveyorMap, ConveyorRecognizer
+from gateway.recognizers.pack_station import PackStationRecognizer
+from gateway.recognizers.pick_station import PickStationRecognizer
 from gateway.recognizers.scanner import ScannerRecognizer, scanner_source_key
 from gateway.recognizers.sorter import (
     DIVERT_CONFIRM,
@@ -267,6 +274,19 @@ def _sorter_key(sig: Signal) -> str:
     return datachange_source_key(sig)
 
 
+def _pick_station(site: str, dev: Any) -> PickStationRecognizer:
+    return PickStationRecognizer(site=site, device=dev.id,
+                                 config=resolve_station(dev.role, dev.station),
+                                 location=getattr(dev, "location", None))
+
+
+def _pack_station(site: str, dev: Any) -> PackStationRecognizer:
+    return PackStationRecognizer(site=site, device=dev.id,
+                                 config=resolve_station(dev.role, dev.station),
+                                 location=getattr(dev, "location", None))
+
+
+_PACK_STATION = RoleSpec(_pack_station, lambda rec: rec.figures(), inputs=lambda rec: rec.inputs)
 _SCANNER = RoleSpec(_scanner, lambda rec: {"debounced": rec.debounced},
                     source_key=scanner_source_key)
 _SORTER = RoleSpec(_sorter, _sorter_figures, source_key=_sorter_key)
@@ -275,6 +295,9 @@ _SORTER = RoleSpec(_sorter, _sorter_figures, source_key=_sorter_key)
 #: roles its driver can feed in ``ROLES``; every pair has an entry here.
 RECOGNIZERS: Mapping[tuple[str, str], RoleSpec] = {
     ("mqtt", "scanner"): _SCANNER,
+    ("mqtt", "pick_station"): RoleSpec(_pick_station, lambda rec: rec.figures()),
+    ("mqtt", "pack_station"): _PACK_STATION,
+    ("modbus", "pack_station"): _PACK_STATION,
     ("vda5050", "amr"): RoleSpec(_amr, _amr_figures, alerts=_amr_alerts),
     ("modbus", "conveyor"): RoleSpec(_conveyor, _conveyor_figures, alerts=_conveyor_alerts,
                                      inputs=lambda rec: rec.points.watched()),
@@ -320,7 +343,7 @@ class DevicePipeline:
     """One device's ingest: recognizer, dead letters, hand-off to the store."""
 
     def __init__(self, site: str, device: Any, committer: Handoff,
-                 errors: IngestErrorLog, driver: str) -> None:
+                 errors: IngestErrorLog, driver: str, identity: Identity | None = None) -> None:
         spec = role_spec(device)
         if spec is None:
             raise ValueError(f"no recognizer for role {device.role!r} of a "
@@ -333,6 +356,11 @@ class DevicePipeline:
             None if spec.inputs is None else spec.inputs(self.recognizer))
         self.errors = errors
         self._committer = committer
+        self.identity = identity or Identity()
+        self._identify = self.identity.apply
+        use_codes = getattr(self.recognizer, "use_identity", None)
+        if use_codes is not None:  # a station tells items from totes by the site's codes
+            use_codes(self.identity)
         bind = getattr(self.recognizer, "bind_dead_letters", None)
         if bind is not None:  # a mapping's dead letters are counted like every other
             bind(lambda err, payload, ctx: errors.dead_letter(self.device, err, payload, ctx))
@@ -367,7 +395,7 @@ class DevicePipeline:
         """Recognize one signal and hand its records off; ``ack`` runs after they commit."""
         # The hot path (one call per scanner message): hand_off inlined.
         try:
-            records = self._feed(sig)
+            records = self._identify(self._feed(sig))
             self._observe(sig, records)
         except Exception as err:  # a recognizer bug must not stop ingest
             records = [self._failed(err, raw)]
@@ -390,7 +418,7 @@ class DevicePipeline:
     def recognize(self, sig: Signal, raw: Any) -> Sequence[Record]:
         """The records of one signal (a dead letter when the recognizer fails)."""
         try:
-            records = self._feed(sig)
+            records = self._identify(self._feed(sig))
         except Exception as err:  # a recognizer bug must not stop ingest
             self.inputs_seen += 1
             return [self._failed(err, raw)]
@@ -406,6 +434,7 @@ class DevicePipeline:
                 records = self._feed_poll(signals, receive_time)
             else:
                 records = [r for sig in signals for r in self._feed(sig)]
+            records = self._identify(records)
         except Exception as err:  # a recognizer bug must not stop polling
             return [self._failed(err, raw)]
         self.events += len(records)
@@ -498,12 +527,14 @@ class DriverIngest:
 
     def __init__(self, site: str, devices: Sequence[Any], committer: Handoff, driver: str,
                  *, errors: IngestErrorLog | None = None,
-                 pipeline: type[DevicePipeline] | None = None) -> None:
+                 pipeline: type[DevicePipeline] | None = None,
+                 identity: Identity | None = None) -> None:
         self.driver = driver
         self.errors = errors or IngestErrorLog()
         self._committer = committer
         make = pipeline or DevicePipeline
-        self.pipelines = {d.id: make(site, d, committer, self.errors, driver) for d in devices}
+        self.pipelines = {d.id: make(site, d, committer, self.errors, driver, identity)
+                          for d in devices}
         self.unrouted = 0
 
     def device(self, device_id: str) -> DevicePipeline:

@@ -54,12 +54,22 @@ def test_demo_runs_the_whole_site_into_the_wms(tmp_path: Path) -> None:
             want = {("conveyor-01", "move"), ("sorter-1", "scan"), ("sorter-1", "move"),
                     ("amr-fleet", "move")}
             every_device = set(devices) <= {dev for dev, _ in got}
-            return got if want <= got and every_device else None
+            # The put walls book picks and the pack benches packs.
+            booked = {"pick", "pack"} <= {t for _, t in got}
+            return got if want <= got and every_device and booked else None
 
         got = wait_until_sync(complete, 90, "events of every device at the WMS", 0.5,
                               ignore=(OSError,))
         assert not {t for _, t in got} - {"scan", "pick", "pack", "move", "exception"}
         assert ("amr-fleet", "pick") not in got  # loading a carton is not an inventory pick
+        # The demo classifies the site's codes: a tote is one container on every device.
+        events = [r["event"] for r in get_json(f"{control}/events?limit=10000")["events"]]
+        tote_scans = [e for e in events
+                      if e["type"] == "scan" and e["data"]["code"].startswith("TOTE-")]
+        assert tote_scans
+        for e in tote_scans:
+            assert e["data"]["code_kind"] == "container", e
+            assert e["correlation_id"] == f"container:{e['data']['code']}", e
         state = get_json(f"{site_control}/state")
         assert state["orders"] >= 1 and state["ledger_entries"] > 0
 

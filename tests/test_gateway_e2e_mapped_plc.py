@@ -125,7 +125,7 @@ async def test_counter_tracking_fault_and_threshold_make_what_the_plc_logged(
                 assert event["data"]["from"] == FROM[entry["from_station"]]
                 assert event["data"]["to"] == TO[entry["to_station"]]
                 assert event["data"]["seq"] == entry["seq"]
-                assert event["correlation_id"] == f"tote:{entry['container']}"
+                assert event["correlation_id"] == f"container:{entry['container']}"
         assert [e["data"]["reason"] for e in exceptions(wms)] == [
             "jam", "jam_cleared", "overheat", "overheat_cleared"]
         kinds = [e["kind"] for e in ledger if e["kind"].startswith("fault_")]

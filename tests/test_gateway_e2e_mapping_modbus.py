@@ -31,7 +31,7 @@ MAPPING: dict[str, Any] = {
     "ids": ["boot"],
     "triggers": [
         {"kind": "tracking", "seq": "tracking[{i}].seq", "slots": 12, "type": "move",
-         "key": "mtrk:{boot}:{$tracking_seq}", "correlation": "tote:{$data.container}",
+         "key": "mtrk:{boot}:{$tracking_seq}", "correlation": "container:{$data.container}",
          "data": {"container": {"field": "tracking[{i}].tote", "type": "string",
                                 "empty_is_missing": True},
                   "from": {"field": "tracking[{i}].from", "map": {"1": "INDUCT-1"},
@@ -90,7 +90,7 @@ async def test_mapped_plc_tracking_counter_and_edge_match_the_plc(
     by_seq = {m.seq: m for m in conv.plc.moves}
     for e in moves:
         assert e["data"]["container"] == by_seq[e["data"]["seq"]].tote
-        assert e["correlation_id"] == f"tote:{e['data']['container']}"
+        assert e["correlation_id"] == f"container:{e['data']['container']}"
         assert e["data"]["missed"] == 0
     counts = [e["data"]["count"] for e in _events(wms, "telemetry")]
     # One event per increment, in order, across the wrap at 2**32.

@@ -109,7 +109,7 @@ async def test_confirms_scans_and_status_reach_the_wms(tmp_path: Path, wms: WmsS
                 assert move["data"]["container"] == rec["barcode"]
                 assert move["data"]["from"] == "INDUCT-1"
                 assert move["data"]["to"] == rec["chute"]
-                assert move["correlation_id"] == f"code:{rec['barcode']}"
+                assert move["correlation_id"] == f"container:{rec['barcode']}"
             failures = {e["data"]["reason"] for e in events
                         if e["type"] == "exception" and "tracking_id" in e["data"]}
             assert failures <= {"no_read", "no_destination", "chute_full", "recirculated",

@@ -111,8 +111,9 @@ def test_every_role_a_driver_declares_has_a_recognizer() -> None:
     ("device", "role", "expected"),
     [
         (0, "conveyor", "role 'conveyor' is not one the mqtt driver can feed; "
-                        "expected 'scanner'"),
-        (2, "amr", "role 'amr' is not one the modbus driver can feed; expected 'conveyor'"),
+                        "expected one of 'scanner', 'pick_station', 'pack_station'"),
+        (2, "amr", "role 'amr' is not one the modbus driver can feed; expected one of "
+                   "'conveyor', 'pack_station'"),
     ],
 )
 def test_check_rejects_a_role_the_driver_cannot_feed(

@@ -117,7 +117,7 @@ def test_tracking_moves_have_sequence_ids_and_zone_names() -> None:
     events = poll(rec, 2.0, **ring((1, "TOTE-1", 0, 1), (2, "TOTE-1", 1, 2)))
     assert [e.event_id for e in events] == [eid("trk:1:1"), eid("trk:1:2")]
     first = events[0].to_dict()
-    assert first["type"] == "move" and first["correlation_id"] == "tote:TOTE-1"
+    assert first["type"] == "move" and first["correlation_id"] == "container:TOTE-1"
     assert first["data"] == {"container": "TOTE-1", "from": None, "to": "INDUCT-1", "seq": 1,
                              "boot": 1, "conveyor": DEV, "location": None}
     assert events[1].to_dict()["data"]["to"] == "Z02"

@@ -1,17 +1,18 @@
 """The whole simulated site through the real gateway, with faults during the run.
 
-The site (its own process: Modbus conveyor, OPC UA sorter, MQTT pack-station
-scanners, VDA 5050 AMRs) writes what physically happened to its ledger; the
-gateway (its own process) reads every device and delivers to the WMS
-simulator. The truth check must find nothing missing, phantom, wrong or out
-of order, whatever happens on the way: a WMS outage, the gateway killed and
-restarted, the conveyor PLC restarted warm, the OPC UA server down and back,
-an AMR killed, and the site's own faults (no-reads, a jam, a full chute,
-short picks, an overweight carton, an emergency stop, a stalled PLC whose
-tracking ring overruns, AMR e-stops, a protective field violation, a FATAL
-error, a drained battery, the gateway killed while an AMR carries a carton).
-Every event the WMS accepted must also be valid
-against the ``wh.event.v1`` JSON Schema the status server serves.
+The site (its own process: MQTT put walls, Modbus conveyor, OPC UA sorter,
+MQTT pack stations, VDA 5050 AMRs) writes what physically happened to its
+ledger; the gateway (its own process) reads every device and delivers to the
+WMS simulator. The truth check must find nothing missing, phantom, wrong or
+out of order, whatever happens on the way: a WMS outage, the gateway killed
+and restarted, the conveyor PLC restarted warm, the OPC UA server down and
+back, an AMR killed, and the site's own faults (no-reads, a jam, a full
+chute, short picks, cartons over and under weight, an item the order does not
+hold, an abandoned pack, a stalled PLC whose tracking ring overruns, AMR
+e-stops, a protective field violation, a FATAL error, a drained battery, the
+gateway killed while an AMR carries a carton). Every event the WMS accepted
+must also be valid against the ``wh.event.v1`` JSON Schema the status server
+serves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -32,6 +34,7 @@ from simulators.broker import MosquittoBroker
 from simulators.harness.gateway import GatewayProcess, GatewaySetup
 from simulators.harness.site import SiteProcess
 from simulators.site import SiteLayout, read_ledger, verify
+from simulators.site.config import site_codes
 from simulators.wms import WmsSimulator
 
 ROUTES = ["scan", "pick", "pack", "move", "exception"]
@@ -41,7 +44,8 @@ def _gateway(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator,
              site: SiteProcess) -> GatewayProcess:
     return GatewayProcess(GatewaySetup(
         workdir=tmp_path / "gw", broker_port=broker.port, wms_url=wms.url, scanners=0,
-        devices=site.devices(), http_extra={"routes": ROUTES}))
+        devices=site.devices(), http_extra={"routes": ROUTES},
+        site_extra={"codes": site_codes()}))
 
 
 async def _run_site(tmp_path: Path, broker: MosquittoBroker, wms: WmsSimulator, *,
@@ -120,6 +124,9 @@ async def _faults(site: SiteProcess, gw: GatewayProcess, wms: WmsSimulator) -> N
     await fault("no_read", count=2)
     await fault("short_pick", count=2)
     await fault("overweight", count=1)
+    await fault("underweight", count=1)
+    await fault("item_not_in_order", count=1)
+    await fault("abandoned_pack", count=1)
     await asyncio.sleep(3)
     await wms.outage_for(4.0)
     await fault("conveyor_restart", mode="warm", down_s=1.0)
@@ -152,14 +159,18 @@ async def test_site_with_faults_truth_check_is_clean(tmp_path: Path, broker: Mos
         faults=lambda site, gw: _faults(site, gw, wms))
     _assert_truth(report)
     # The faults happened and were checked, not skipped.
-    kinds = report["unchecked_kinds"]
-    assert kinds.get("short_pick") == 2 and kinds.get("pack_overweight") == 1
+    counted = Counter(ev["data"].get("reason") for ev in events if ev["type"] == "exception")
+    assert counted["short_pick"] == 2 and counted["overweight"] == 1
+    assert counted["underweight"] == 1 and counted["item_not_in_order"] == 1
+    assert counted["pack_abandoned"] == 1
+    assert sum(ev["type"] == "pack" for ev in events) == 20
+    # Every kind of the ledger is under the check.
+    assert not report["unchecked_kinds"], report["unchecked_kinds"]
     assert report["lost_by_device"] > 0 and report["lost_reported"] == report["lost_by_device"]
     reasons = [ev["data"].get("reason") for ev in events if ev["type"] == "exception"]
     assert {"no_read", "jam", "jam_cleared", "chute_full", "tracking_lost",
             "amr_connection_broken"} <= set(reasons)
-    # The AMR kinds are checked, each raised and cleared; the e-stop twice.
-    assert not {k for k in kinds if k.startswith("amr_")}
+    # The AMR conditions, each raised and cleared; the e-stop twice.
     for reason, times in [("amr_estop", 2), ("amr_field_violation", 1), ("amr_fatal_error", 1),
                           ("amr_battery_low", 1)]:
         assert reasons.count(reason) == reasons.count(f"{reason}_cleared") == times, reason

@@ -23,8 +23,9 @@ def _ledger(tmp_path: Path) -> Ledger:
                fields={"container": "TOTE-1", "to": "CHUTE-01"})
     led.record("conveyor_move", "move", "conveyor-01", "trk:1:7", T0 + 2, container="TOTE-2",
                fields={"container": "TOTE-2", "seq": 7, "boot": 1})
-    led.record("pack_close", "pack", "pack-01", "close:CARTON-1", T0 + 3, container="CARTON-1",
-               fields={"carton": "CARTON-1"})
+    # A kind left out of the check below (an AMR's emergency stop).
+    led.record("amr_estop", "exception", "amr-fleet", "estop:AMR-1:1", T0 + 3, container=None,
+               fields={"reason": "emergency_stop"})
     return led
 
 
@@ -37,8 +38,8 @@ def _event(entry: dict[str, Any], **over: Any) -> dict[str, Any]:
     return ev
 
 
-def _events(led: Ledger) -> list[dict[str, Any]]:
-    return [_event(e.to_json()) for e in led.entries if e.kind != "pack_close"]
+def _events(led: Ledger, *, but: str | None = "amr_estop") -> list[dict[str, Any]]:
+    return [_event(e.to_json()) for e in led.entries if e.kind != but]
 
 
 def test_exact_delivery_is_clean_and_the_file_reads_back(tmp_path: Path) -> None:
@@ -46,10 +47,13 @@ def test_exact_delivery_is_clean_and_the_file_reads_back(tmp_path: Path) -> None
     led.close()
     site, entries = read_ledger(tmp_path / "ledger.jsonl")
     assert site == SITE and [e.kind for e in entries] == [e.kind for e in led.entries]
-    report = verify(entries, _events(led))
+    report = verify(entries, _events(led), kinds=["induct_scan", "divert", "conveyor_move"])
     assert report["ok"] and report["expected"] == 3 and report["delivered"] == 3
-    # A kind the gateway does not produce yet is written, not counted as missing.
-    assert report["unchecked_kinds"] == {"pack_close": 1}
+    # A kind outside the check is written, not counted as missing.
+    assert report["unchecked_kinds"] == {"amr_estop": 1}
+    # By default every kind the gateway produces is checked: the e-stop is now missing.
+    report = verify(entries, _events(led))
+    assert report["missing"] == 1 and report["by_type"]["exception"]["missing"] == 1
     # Redelivered duplicates are the WMS's business; a line printed is one JSON line.
     assert "\n" not in json.dumps(report)
 
@@ -80,7 +84,7 @@ def test_each_problem_is_counted_per_type(tmp_path: Path) -> None:
 def test_a_move_the_device_lost_must_be_reported_as_an_exception(tmp_path: Path) -> None:
     led = _ledger(tmp_path)
     led.mark_lost(led.entries[2], "ring_overrun")
-    events = _events(led)[:2]
+    events = _events(led, but="conveyor_move")
     report = verify(led.entries, events)
     assert report["missing"] == 1 and report["by_type"]["exception"]["missing"] == 1
     lost = {"event_id": "11111111-1111-5111-8111-111111111111", "type": "exception",
@@ -94,8 +98,8 @@ def test_a_move_the_device_lost_must_be_reported_as_an_exception(tmp_path: Path)
 
 def test_kinds_can_be_named_and_unknown_ones_are_refused(tmp_path: Path) -> None:
     led = _ledger(tmp_path)
-    report = verify(led.entries, _events(led), kinds=["induct_scan", "pack_close"])
-    assert report["by_type"]["pack"]["missing"] == 1
+    report = verify(led.entries, _events(led), kinds=["induct_scan", "amr_estop"])
+    assert report["by_type"]["exception"]["missing"] == 1
     with pytest.raises(ValueError, match="unknown ledger kinds"):
         verify(led.entries, [], kinds=["teleport"])
 

@@ -171,7 +171,7 @@ class ModbusDevice(DeviceModel):
     """A Modbus TCP device polled with a register map."""
 
     KIND: ClassVar[str] = "modbus"
-    ROLES: ClassVar[tuple[str, ...]] = ("conveyor",)
+    ROLES: ClassVar[tuple[str, ...]] = ("conveyor", "pack_station")
 
 
     id: Identifier
@@ -205,6 +205,8 @@ class ModbusDevice(DeviceModel):
     location: str | None = None
     points: list[Point] = Field(default_factory=list)
     tracking: Tracking | None = None
+    #: A pack station's field map over points (``[devices.station]``, docs/stations.md).
+    station: Any = None
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDevice:

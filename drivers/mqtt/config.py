@@ -25,7 +25,7 @@ class MqttDevice(DeviceModel):
     """A device read over MQTT (today: barcode scanners publishing JSON reads)."""
 
     KIND: ClassVar[str] = "mqtt"
-    ROLES: ClassVar[tuple[str, ...]] = ("scanner",)
+    ROLES: ClassVar[tuple[str, ...]] = ("scanner", "pick_station", "pack_station")
 
     id: Identifier
     driver: Literal["mqtt"]
@@ -37,6 +37,14 @@ class MqttDevice(DeviceModel):
     max_payload_bytes: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 65536
     no_read_codes: list[str] = ["NOREAD", ""]
     location: str | None = None
+    #: A pick or pack station's field map (``[devices.station]``, docs/stations.md):
+    #: validated by ``gateway.config``.
+    station: Any = None
+
+    @property
+    def generic_signals(self) -> bool:
+        """Stations read whole JSON documents, like a mapping."""
+        return self.role in ("pick_station", "pack_station") or super().generic_signals
 
     @field_validator("topic")
     @classmethod

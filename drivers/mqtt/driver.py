@@ -253,6 +253,7 @@ class MqttDriver(MqttLinkDriver):
                 "debounced": figures.get("debounced", 0),
                 "ingest_errors": figures["ingest_errors"],
                 **({"mapping": figures["mapping"]} if "mapping" in figures else {}),
+                **({"station": figures["station"]} if "station" in figures else {}),
                 "last_seen_s_ago": None if seen is None else round(now - seen, 1),
             }
         return devices

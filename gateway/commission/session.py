@@ -18,6 +18,7 @@ from typing import Any
 from gateway.commission.dryrun import DryRunHandoff, Observation, ObservingPipeline
 from gateway.commission.render import Printer
 from gateway.config import GatewayConfig
+from gateway.core.codes import Identity
 from gateway.core.config import DeviceModel
 from gateway.core.protocols import Driver, DriverContext
 from gateway.ingest import DriverIngest
@@ -67,7 +68,7 @@ def build_dry_driver(cfg: GatewayConfig, dev: DeviceModel, report: Callable[[Obs
     """The device's driver, alone in its group, feeding an observing pipeline."""
     handoff = DryRunHandoff(report)
     ingest = DriverIngest(cfg.site.id, [dev], handoff, type(dev).KIND,
-                          pipeline=ObservingPipeline)
+                          pipeline=ObservingPipeline, identity=Identity.of(cfg.site.codes))
     broker = next((b for b in cfg.brokers if b.id == getattr(dev, "broker", None)), None)
     ctx: DriverContext[Any] = DriverContext(site=cfg.site.id, devices=(dev,), ingest=ingest,
                                             broker=broker, clock=clock, dry_run=True)

@@ -269,7 +269,7 @@ class ConveyorRecognizer:
                 "to": self.zone(v.get(f"tracking[{slot}].to")), "seq": seq, "boot": boot,
                 "conveyor": self.device, "location": self.location}
         return self._event("move", f"trk:{boot}:{seq}", t, data,
-                           f"tote:{container}" if container else None)
+                           f"container:{container}" if container else None)
 
     def _lost(self, t: float, boot: int, first: int, last: int) -> Event:
         self.lost_moves += last - first + 1

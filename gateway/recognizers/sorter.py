@@ -95,7 +95,7 @@ class SorterRecognizer:
         common: dict[str, Any] = {"tracking_id": a.get("tracking_id"),
                                   "confirm_seq": a.get("confirm_seq"), "sorter": self.device}
         key = divert_source_key(sig)
-        correlation = f"code:{barcode}" if barcode else None
+        correlation = f"container:{barcode}" if barcode else None
         reason = DIVERT_RESULTS.get(result, result.replace("-", "_"))
         if reason is None:
             self.moves += 1

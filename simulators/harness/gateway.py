@@ -54,6 +54,8 @@ class GatewaySetup:
     status_extra: dict[str, Any] = field(default_factory=dict)
     #: More ``[[devices]]`` tables (other drivers, e.g. Modbus), after the scanners.
     devices: list[dict[str, Any]] = field(default_factory=list)
+    #: More keys of the ``[site]`` table (``codes``).
+    site_extra: dict[str, Any] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The config as data; picks a free status port on first use."""
@@ -93,7 +95,7 @@ class GatewaySetup:
             sinks.append({"id": "mqtt-out", "type": "mqtt", "broker": sink_broker})
         self.status_port = self.status_port or free_port()
         return {
-            "site": {"id": self.site},
+            "site": {"id": self.site, **self.site_extra},
             "store": {
                 "path": self.workdir / "buffer.db",
                 "max_bytes": self.max_bytes,

@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of induct scans that are no-reads")
     parser.add_argument("--short-pick-rate", type=float, default=0.0)
     parser.add_argument("--overweight-rate", type=float, default=0.0)
+    parser.add_argument("--underweight-rate", type=float, default=0.0)
     parser.add_argument("--jam-rate", type=float, default=0.0, help="conveyor jams per second")
     parser.add_argument("--chute-full-rate", type=float, default=0.0,
                         help="chute-full spells per second")
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> SiteOptions:
     """The site the command line asks for (checked)."""
-    for name in ("no_read_rate", "short_pick_rate", "overweight_rate"):
+    for name in ("no_read_rate", "short_pick_rate", "overweight_rate", "underweight_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.order_rate <= 0:
@@ -93,7 +94,8 @@ def options_from_args(args: argparse.Namespace) -> SiteOptions:
         amr_action_s=args.amr_action_time, amr_rest_s=args.amr_rest, pick_s=args.pick_time,
         scan_gap_s=args.scan_gap,
         no_read_rate=args.no_read_rate, short_pick_rate=args.short_pick_rate,
-        overweight_rate=args.overweight_rate, jam_rate=args.jam_rate,
+        overweight_rate=args.overweight_rate, underweight_rate=args.underweight_rate,
+        jam_rate=args.jam_rate,
         chute_full_rate=args.chute_full_rate, estop_rate=args.estop_rate,
         hold_orders=args.hold_orders, seed=args.seed)
 

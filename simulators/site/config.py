@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from simulators.conveyor_plc import gateway_device
 
-__all__ = ["AMR_FLEET", "BATTERY_CLEAR", "BATTERY_LOW", "CONVEYOR", "INDUCT", "MANUFACTURER",
-           "READER", "SORTER", "SiteLayout", "site_devices"]
+__all__ = ["ABANDON_AFTER_S", "AMR_FLEET", "BATTERY_CLEAR", "BATTERY_LOW", "CONVEYOR", "INDUCT",
+           "MANUFACTURER", "READER", "SORTER", "SiteLayout", "site_codes", "site_devices"]
 
 CONVEYOR: Final = "conveyor-01"
 SORTER: Final = "sorter-1"
@@ -24,6 +24,8 @@ MANUFACTURER: Final = "SiteRobotics"
 BATTERY_LOW: Final = 20.0
 BATTERY_CLEAR: Final = 30.0
 _MODEL = "nsu=urn:warehouse-gateway:sorter-sim:model"
+#: A pack bench's pack with no input this long is abandoned (the gateway's ``abandon_after``).
+ABANDON_AFTER_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,19 @@ class SiteLayout:
         """Topic of pack station ``n``'s scale readings."""
         return f"site/{self.site}/pack/{self.pack_location(n)}/scale"
 
+    def pack_topic(self, n: int, what: str) -> str:
+        """Topic of pack station ``n``'s ``task`` / ``close`` messages."""
+        return f"site/{self.site}/pack/{self.pack_location(n)}/{what}"
+
+
+def site_codes() -> list[dict[str, str]]:
+    """The site's ``[[site.codes]]``: what each of its codes is, by its shape."""
+    return [{"pattern": r"TOTE-\d+", "kind": "container"},
+            {"pattern": r"CARTON-\d+", "kind": "carton"},
+            {"pattern": r"SKU-\d+", "kind": "sku"},
+            {"pattern": r"ORD-\d+", "kind": "order"},
+            {"pattern": r"(PUT|PACK|DOCK|CHUTE)-\d+", "kind": "location"}]
+
 
 def site_devices(layout: SiteLayout, *, modbus_port: int, opcua_port: int,
                  broker: str = "site", poll_interval: str = "200ms") -> list[dict[str, Any]]:
@@ -90,9 +105,15 @@ def site_devices(layout: SiteLayout, *, modbus_port: int, opcua_port: int,
               "type": f"{_MODEL};s=AutoIdScanEventType"}],
          "nodes": [{"node": "ns=2;s=Sorter.State", "point": "state", "kind": "status"}]},
     ]
-    devices += [{"id": layout.pack_station(n), "driver": "mqtt", "role": "scanner",
-                 "broker": broker, "topic": layout.scanner_topic(n),
-                 "location": layout.pack_location(n)}
+    devices += [{"id": layout.put_wall(n), "driver": "mqtt", "role": "pick_station",
+                 "broker": broker, "topic": layout.station_topic(layout.put_wall(n), "+"),
+                 "station": {"preset": "put-wall-json"}}
+                for n in range(1, layout.put_walls + 1)]
+    devices += [{"id": layout.pack_station(n), "driver": "mqtt", "role": "pack_station",
+                 "broker": broker, "topic": layout.pack_topic(n, "#"),
+                 "location": layout.pack_location(n),
+                 "station": {"preset": "pack-bench-json",
+                             "abandon_after": f"{ABANDON_AFTER_S}s"}}
                 for n in range(1, layout.pack_stations + 1)]
     if layout.amrs:
         devices.append({"id": AMR_FLEET, "driver": "vda5050", "broker": broker,

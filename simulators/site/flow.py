@@ -3,15 +3,19 @@
 One tote and one carton per order, and each keeps its code on every device:
 
 1. an order with 1-3 lines arrives; its tote (``TOTE-000001``...) goes to a
-   put-wall station, which shows each line as a task on MQTT and publishes the
-   operator's confirm (a short pick confirms less than asked for);
+   put-wall station, which shows each line as a task on MQTT (retained: the
+   task on display) and publishes the operator's confirm (a short pick
+   confirms less than asked for);
 2. the tote rides the Modbus conveyor (``simulators.conveyor_plc``: the
    tracking ring records every move, with the tote's code);
 3. leaving the conveyor it reaches the sorter's induct reader (OPC UA scan
    event) and the sorter confirms its divert to the chute of its pack station
    (a no-read goes round and is inducted again, a full chute recirculates it);
-4. at the pack station the scanner reads the tote, each item and the carton
-   label (``CARTON-000001``...) and the scale weighs the carton (MQTT);
+4. at the pack station the bench shows the pack task (retained: the tote, its
+   order and carton, what the tote holds, the expected weight), the scanner
+   reads the tote, each item (with its quantity) and the carton label
+   (``CARTON-000001``...), the scale weighs the carton (retained) and the
+   label printer confirms the close with the station's close sequence (MQTT);
 5. an AMR (VDA 5050) picks the carton up at the pack station and drops it at
    a dock door.
 
@@ -43,7 +47,15 @@ from simulators.amr_vehicle import AmrOptions
 from simulators.conveyor import ConveyorSimulator, SimulatedConveyor, _Injection
 from simulators.conveyor_plc import ConveyorPlc, Fault, Move
 from simulators.site.amr import AmrDispatcher
-from simulators.site.config import CONVEYOR, INDUCT, MANUFACTURER, READER, SORTER, SiteLayout
+from simulators.site.config import (
+    ABANDON_AFTER_S,
+    CONVEYOR,
+    INDUCT,
+    MANUFACTURER,
+    READER,
+    SORTER,
+    SiteLayout,
+)
 from simulators.site.ledger import Entry, Ledger
 from simulators.sorter import SorterSimulation
 from simulators.sorter_server import READER as READER_SOURCE
@@ -60,6 +72,8 @@ _MOVES_KEPT = 256
 #: Least seconds between two scans of one code at one pack station (the gateway's
 #: default debounce is 0.5 s).
 _RESCAN_S = 0.6
+#: An item no order holds (the ``item_not_in_order`` fault scans it).
+_STRAY_SKU = "SKU-9999"
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class SiteOptions:
     no_read_rate: float = 0.0
     short_pick_rate: float = 0.0
     overweight_rate: float = 0.0
+    underweight_rate: float = 0.0
     #: Random conveyor jams per second, each cleared after ``jam_clear_s``.
     jam_rate: float = 0.0
     jam_clear_s: float = 3.0
@@ -153,9 +168,14 @@ class Site:
         self._pack_q = [asyncio.Queue[str]() for _ in range(self.layout.pack_stations)]
         self._last_scan: dict[tuple[int, str], float] = {}
         self._read_ids = dict.fromkeys(range(1, self.layout.pack_stations + 1), 1)
-        self._tasks_made = 0
+        # Task ids and close sequences are event ids upstream: a site started again must
+        # not reuse them, so they count on from the start time in ms.
+        serial = int(time.time() * 1000)
+        self._tasks_made = serial
         self._moves: dict[tuple[int, int], Entry] = {}
-        self._pending = {"no_read": 0, "short_pick": 0, "overweight": 0}
+        self._closes = dict.fromkeys(range(1, self.layout.pack_stations + 1), serial)
+        self._pending = {"no_read": 0, "short_pick": 0, "overweight": 0, "underweight": 0,
+                         "abandoned_pack": 0, "item_not_in_order": 0}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link_task: asyncio.Task[None] | None = None
 
@@ -235,12 +255,12 @@ class Site:
     def _publish_now(self, topic: str, payload: bytes) -> None:
         self._spawn(self._publish(topic, payload), "publish")
 
-    async def _publish(self, topic: str, payload: bytes) -> None:
+    async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1, waiting out a broker away (the device keeps it until sent)."""
         while True:
             await self.link.connected.wait()
             try:
-                await self.link.publish(topic, payload, 1)
+                await self.link.publish(topic, payload, 1, retain)
                 return
             except Exception as err:
                 log.warning("site_publish_retry", topic=topic, error=str(err))
@@ -299,21 +319,26 @@ class Site:
             order = await self._order_q.get()
             for line, sku, qty in order.lines:
                 self._tasks_made += 1
-                task_id = f"{station}-{self._tasks_made:07d}"
+                task_id = f"{station}-{self._tasks_made}"
+                # Retained: the task on display; a gateway restarting reads it again.
                 await self._publish(self.layout.station_topic(station, "task"), _dumps({
                     "task_id": task_id, "order": order.id, "line": line, "sku": sku,
-                    "qty": qty, "location": location, "container": order.tote}).encode())
+                    "qty": qty, "location": location, "container": order.tote,
+                    "timestamp": format_time(time.time())}).encode(), retain=True)
                 await asyncio.sleep(self.opts.pick_s)
                 short = self._take("short_pick", self.opts.short_pick_rate)
                 picked = qty - 1 if short else qty
                 order.picked[line] = picked
                 t = time.time()
                 stamp = format_time(t)
+                # The confirm names its task too (the station's record of it).
                 await self._publish(self.layout.station_topic(station, "confirm"), _dumps({
-                    "task_id": task_id, "qty": picked, "short": short,
-                    "timestamp": stamp}).encode())
+                    "task_id": task_id, "qty": picked, "short": short, "timestamp": stamp,
+                    "qty_requested": qty, "sku": sku, "order": order.id, "line": line,
+                    "location": location, "container": order.tote}).encode())
                 common = {"container": order.tote, "order": order.id, "line": line,
-                          "sku": sku, "location": location}
+                          "sku": sku, "location": location, "station": station,
+                          "task_id": task_id}
                 self.ledger.record("pick_confirm", "pick", station, f"task:{task_id}:confirm",
                                    parse_time(stamp), container=order.tote,
                                    fields={**common, "qty": picked, "qty_requested": qty},
@@ -487,7 +512,9 @@ class Site:
 
     # -- pack stations --------------------------------------------------------------
 
-    async def _scan(self, n: int, code: str, container: str | None, order: Order) -> None:
+    async def _scan(self, n: int, code: str, container: str | None, order: Order,
+                    qty: int | None = None) -> tuple[str, float]:
+        """One bench scan (published and ledgered); returns its source key and time."""
         # An operator scanning the same code again right away is a double read to any
         # fixed-mount filter: scan a repeated SKU only after the debounce window.
         last = self._last_scan.get((n, code))
@@ -499,51 +526,110 @@ class Site:
         read_id = self._read_ids[n]
         self._read_ids[n] = read_id + 1
         stamp = format_time(time.time())
+        extra = "" if qty is None else f',"qty":{qty}'
         payload = (f'{{"code":"{code}","read_id":{read_id},"timestamp":"{stamp}",'
-                   f'"symbology":"CODE128"}}').encode()
+                   f'"symbology":"CODE128"{extra}}}').encode()
         device = self.layout.pack_station(n)
         t = parse_time(stamp)
-        self.ledger.record("pack_scan", "scan", device, f"read:{read_id}@{round(t * 1000)}", t,
+        key = f"read:{read_id}@{round(t * 1000)}"
+        self.ledger.record("pack_scan", "scan", device, key, t,
                            container=container,
                            fields={"code": code, "symbology": "CODE128", "read_id": str(read_id),
                                    "reader": device, "location": self.layout.pack_location(n)},
                            order=order.id)
         await self._publish(self.layout.scanner_topic(n), payload)
+        return key, t
 
     async def _pack(self, n: int) -> None:
-        gap = self.opts.scan_gap_s
         station = self.layout.pack_station(n)
         while True:
             tote = await self._pack_q[n - 1].get()
             order = self.orders[tote]
-            await self._scan(n, tote, tote, order)
-            items: list[dict[str, Any]] = []
-            for line, sku, _ in order.lines:
-                await asyncio.sleep(gap)
-                await self._scan(n, sku, None, order)
-                items.append({"sku": sku, "qty": order.picked.get(line, 0)})
+            items: list[dict[str, Any]] = [{"sku": sku, "qty": order.picked.get(line, 0)}
+                                           for line, sku, _ in order.lines]
+            expected = round(0.3 + 0.4 * sum(order.picked.get(line, 0)
+                                             for line, _, _ in order.lines), 3)
+            # Retained: the pack task on display; a gateway restarting reads it again.
+            await self._publish(self.layout.pack_topic(n, "task"), _dumps({
+                "container": tote, "order": order.id, "carton": order.carton, "items": items,
+                "expected_weight_kg": expected,
+                "timestamp": format_time(time.time())}).encode(), retain=True)
+            if self._take("abandoned_pack", 0.0):
+                await self._abandon(n, tote, order, items)
+            await self._pack_one(n, station, tote, order, items, expected)
+
+    async def _pack_items(self, n: int, tote: str, order: Order,
+                          items: list[dict[str, Any]]) -> tuple[str, float]:
+        """Scan the tote and its items; returns the tote scan's key and the last scan's time."""
+        gap = self.opts.scan_gap_s
+        first, t = await self._scan(n, tote, tote, order)
+        for item in items:
             await asyncio.sleep(gap)
-            await self._scan(n, order.carton, order.carton, order)
-            weight = round(0.3 + sum(0.4 * int(i["qty"]) for i in items), 3)
-            overweight = self._take("overweight", self.opts.overweight_rate)
-            if overweight:
-                weight = round(weight + 5.0, 3)
-            stamp = format_time(time.time())
-            t = parse_time(stamp)
-            await self._publish(self.layout.scale_topic(n), _dumps(
-                {"weight_kg": weight, "timestamp": stamp}).encode())
-            fields = {"container": tote, "carton": order.carton, "items": items,
-                      "weight_kg": weight, "station": station, "order": order.id}
-            self.ledger.record("pack_close", "pack", station, f"close:{order.carton}", t,
-                               container=order.carton, fields=fields, order=order.id)
-            if overweight:
-                self.ledger.record("pack_overweight", "exception", station,
-                                   f"weight:{order.carton}", t, container=order.carton,
-                                   fields={"reason": "overweight", "carton": order.carton,
-                                           "weight_kg": weight, "station": station},
-                                   order=order.id)
+            _, t = await self._scan(n, item["sku"], None, order, qty=int(item["qty"]))
+        return first, t
+
+    async def _abandon(self, n: int, tote: str, order: Order,
+                       items: list[dict[str, Any]]) -> None:
+        """The operator scans the tote and its items, then walks away; packs it again later."""
+        station = self.layout.pack_station(n)
+        first, last = await self._pack_items(n, tote, order, items)
+        await asyncio.sleep(ABANDON_AFTER_S + 0.5)
+        # The bench's next message (the tote scanned again) tells the gateway.
+        self.ledger.record("pack_abandoned", "exception", station, f"abandon:{first}",
+                           last + ABANDON_AFTER_S, container=tote,
+                           fields={"reason": "pack_abandoned", "container": tote,
+                                   "order": order.id, "items": items, "station": station},
+                           order=order.id)
+
+    async def _pack_one(self, n: int, station: str, tote: str, order: Order,
+                        items: list[dict[str, Any]], expected: float) -> None:
+        gap = self.opts.scan_gap_s
+        await self._pack_items(n, tote, order, items)
+        weight = expected
+        if self._take("item_not_in_order", 0.0):
             await asyncio.sleep(gap)
-            self.amrs.cartons.put_nowait((order.carton, n, order.id))
+            key, t = await self._scan(n, _STRAY_SKU, None, order, qty=1)
+            self.ledger.record("item_not_in_order", "exception", station, f"item:{key}", t,
+                               container=tote,
+                               fields={"reason": "item_not_in_order", "sku": _STRAY_SKU,
+                                       "container": tote, "order": order.id,
+                                       "station": station}, order=order.id)
+            items = [*items, {"sku": _STRAY_SKU, "qty": 1}]
+            weight = round(weight + 0.1, 3)  # a light item: within the tolerance
+        await asyncio.sleep(gap)
+        await self._scan(n, order.carton, order.carton, order)
+        reason = None
+        if self._take("overweight", self.opts.overweight_rate):
+            weight, reason = round(weight + 5.0, 3), "overweight"
+        elif self._take("underweight", self.opts.underweight_rate):
+            weight, reason = round(max(0.0, expected - 1.0), 3), "underweight"
+        await self._publish(self.layout.scale_topic(n), _dumps(
+            {"weight_kg": weight, "timestamp": format_time(time.time())}).encode(), retain=True)
+        await asyncio.sleep(gap / 2)
+        self._closes[n] += 1
+        seq = self._closes[n]
+        stamp = format_time(time.time())
+        t = parse_time(stamp)
+        # The label printer's close record names the whole pack, as the bench knows it.
+        await self._publish(self.layout.pack_topic(n, "close"), _dumps(
+            {"close_seq": seq, "carton": order.carton, "container": tote, "order": order.id,
+             "items": items, "weight_kg": weight, "expected_weight_kg": expected,
+             "timestamp": stamp}).encode())
+        fields = {"container": tote, "carton": order.carton, "items": items,
+                  "weight_kg": weight, "station": station, "order": order.id,
+                  "close_seq": str(seq)}
+        self.ledger.record("pack_close", "pack", station, f"close:{seq}", t,
+                           container=order.carton, fields=fields, order=order.id)
+        if reason is not None:
+            self.ledger.record(f"pack_{reason}", "exception", station, f"weight:{seq}", t,
+                               container=order.carton,
+                               fields={"reason": reason, "container": tote,
+                                       "carton": order.carton, "weight_kg": weight,
+                                       "expected_weight_kg": expected, "station": station,
+                                       "order": order.id},
+                               order=order.id)
+        await asyncio.sleep(gap)
+        self.amrs.cartons.put_nowait((order.carton, n, order.id))
 
     # -- faults ---------------------------------------------------------------------
 
@@ -637,6 +723,7 @@ class Site:
 
 
 #: Faults the control API and the site accept.
-FAULTS = ("no_read", "short_pick", "overweight", "jam", "chute_full", "amr_estop", "amr_hold",
+FAULTS = ("no_read", "short_pick", "overweight", "underweight", "abandoned_pack",
+          "item_not_in_order", "jam", "chute_full", "amr_estop", "amr_hold",
           "amr_kill", "amr_field_violation", "amr_fatal", "amr_battery_low",
           "conveyor_restart", "sorter_restart", "ring_overrun", "start_orders", "stop_orders")

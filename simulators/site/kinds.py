@@ -54,9 +54,9 @@ def _condition(what: str) -> Kind:
 
 
 KINDS: Final[Mapping[str, Kind]] = {
-    "pick_confirm": Kind("pick", False, "device", True,
+    "pick_confirm": Kind("pick", True, "device", True,
                          doc="an operator confirms a pick at a put-wall station"),
-    "short_pick": Kind("exception", False, "device", True,
+    "short_pick": Kind("exception", True, "device", True,
                        doc="an operator confirms less than the task asked for"),
     "conveyor_move": Kind("move", True, "gateway", covers=covers_ring_overrun,
                           doc="a tote moves between conveyor zones (tracking ring entry)"),
@@ -70,10 +70,16 @@ KINDS: Final[Mapping[str, Kind]] = {
                              doc="a divert confirm that is not a divert (chute full, no-read)"),
     "pack_scan": Kind("scan", True, "device", True,
                       doc="a pack station scanner reads a tote or a carton label"),
-    "pack_close": Kind("pack", False, "device", True,
+    "pack_close": Kind("pack", True, "device", True,
                        doc="a carton is weighed and closed at a pack station"),
-    "pack_overweight": Kind("exception", False, "device", True,
-                            doc="a carton's weight is outside the tolerance"),
+    "pack_overweight": Kind("exception", True, "device", True,
+                            doc="a carton weighs more than expected, beyond the tolerance"),
+    "pack_underweight": Kind("exception", True, "device", True,
+                             doc="a carton weighs less than expected, beyond the tolerance"),
+    "pack_abandoned": Kind("exception", True, "device", True,
+                           doc="a pack with nothing closed within the bench's timeout"),
+    "item_not_in_order": Kind("exception", True, "device", True,
+                              doc="a pack station scans an item its pack task does not hold"),
     "amr_drop": Kind("move", True, "device",
                      doc="an AMR drops a carton at a dock door: the carton's move from its "
                          "pickup (picked_at, from) to the drop (to)"),
