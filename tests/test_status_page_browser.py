@@ -83,8 +83,12 @@ async def test_status_page_through_a_bad_shift(tmp_path: Path, chromium: Any) ->
         await expect(alert).to_have_count(0, timeout=20000)
         await expect(summary).to_have_attribute("data-state", "ok", timeout=10000)
         await wait_until(lambda: demo.log_events("sink_recovered"), 10, "the recovery line")
-        (recovered,) = demo.log_events("sink_recovered")
-        assert recovered["sink"] == "wms" and recovered["down_s"] >= 5
+        # One line for the outage: the last recovery of the WMS sink, after 5 s or more
+        # (a loaded machine may have shown a short earlier blip, with its own line).
+        lines = demo.log_events("sink_recovered")
+        wms_lines = [x for x in lines if x["sink"] == "wms"]
+        assert [x["down_s"] >= 5 for x in wms_lines][-1:] == [True], lines
+        recovered = wms_lines[-1]
         assert recovered["peak_backlog_events"] > 0
 
         # A conveyor jams (the site's fault API): its dot turns red, the jam with zone and
