@@ -151,7 +151,9 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
         drv = harness.driver
         await wait_until(lambda: figure(drv, "tracking_seq") is not None, 10, "first moves")
         sim[1].slow.delay_s, sim[1].slow.count = 2.0, 1
-        await wait_until(lambda: drv.connects >= 2, 10, "a reconnect after the timeout")
+        # Back (and said so) before the restart, so the restart is an outage of its own.
+        await wait_until(lambda: drv.connects >= 2 and drv.availability.available, 10,
+                         "a reconnect after the timeout")
         await sim[1].restart("warm", down_s=0.5)
         await wait_until(lambda: drv.connects >= 3 and drv.availability.available, 10,
                          "back after the restart")
