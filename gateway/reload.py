@@ -105,7 +105,21 @@ def plan(running: GatewayConfig, new: GatewayConfig) -> tuple[list[str], list[st
                 restart.append(key)
         else:
             restart.append(key)
-    return applied, restart
+    # A sink that waits for a restart keeps all of its old table until then: a new token
+    # or header must not go to the old URL.
+    held = held_sinks(restart)
+    moved = [k for k in applied if _sink_of(k) in held]
+    return [k for k in applied if k not in moved], restart + moved
+
+
+def _sink_of(key: str) -> str | None:
+    head, sep, _ = key.partition("]")
+    return head.removeprefix("sinks[") if sep and head.startswith("sinks[") else None
+
+
+def held_sinks(restart: list[str]) -> set[str]:
+    """Ids of the sinks with a key that needs a restart."""
+    return {sink for k in restart if (sink := _sink_of(k)) is not None}
 
 
 def reload_config(path: Path, running: GatewayConfig, sinks: list[Any]) -> ReloadResult:
@@ -134,9 +148,11 @@ def apply(path: Path, running: GatewayConfig, new: GatewayConfig, sinks: list[An
     applied, restart = plan(running, new)
     set_level(new.log.level)
     by_id = {s.id: s for s in new.sinks}
+    held = held_sinks(restart)
     for sink in sinks:
         cfg = by_id.get(sink.id)
-        if not isinstance(cfg, HttpSinkConfig) or not hasattr(sink, "reconfigure"):
+        if not isinstance(cfg, HttpSinkConfig) or not hasattr(sink, "reconfigure") \
+                or sink.id in held:
             continue
         # Only the live keys of the new table; the rest stays as it started.
         live = {k: getattr(cfg, k) for k in HTTP_SINK_LIVE}

@@ -568,9 +568,12 @@ def test_unreadable_notes_are_skipped_and_named() -> None:
     amr.feed("state", state(1, "o1", "ST-02", {"a1": "FINISHED", "a2": "WAITING"}))
     good = dict(amr.notes)
     rec = AmrRecognizer(site=SITE, device=DEVICE)
+    # JSON that is not a note's shape (a list where a table belongs) is as unreadable.
+    wrong_shape = json.dumps({"order_id": "o", "reported": [], "plans": [], "carried": [],
+                              "open": []}).encode()
     problems = rec.restore({**good, f"vehicle:{M}/AMR-9": b"{not json",
-                            "something-else": b"{}"})
-    assert len(problems) == 2
-    assert any("AMR-9" in p for p in problems) and any("not a vehicle note" in p
-                                                       for p in problems)
+                            f"vehicle:{M}/AMR-8": wrong_shape, "something-else": b"{}"})
+    assert len(problems) == 3
+    assert any("AMR-9" in p for p in problems) and any("AMR-8" in p for p in problems)
+    assert any("not a vehicle note" in p for p in problems)
     assert rec.carrying() == 1 and list(rec.vehicles()) == [f"{M}/{S}"]

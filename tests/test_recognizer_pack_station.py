@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config import ConfigError, parse_config
 from gateway.core.codes import CodeRule, Identity
 from gateway.core.events import Event, Signal, format_time, make_event_id
 from gateway.core.records import IngestDeadLetter, Record
@@ -294,3 +295,30 @@ def test_a_modbus_scale_and_close_counter_by_points() -> None:
     assert out[0]["data"]["weight_kg"] == 2.5 and out[0]["data"]["items"] == [
         {"sku": "SKU-3", "qty": 1}]
     assert out[0]["event_id"] == make_event_id(SITE, "bench-plc", "close:41")
+
+
+@pytest.mark.parametrize("read_id", [True, False])
+def test_a_polled_bench_must_map_its_read_counter(tmp_path: Any, read_id: bool) -> None:
+    """A polled scan has no payload to digest: without the read counter every scan of the
+    bench would get one event id, so ``check`` refuses it, naming the key."""
+    scan: dict[str, Any] = {"point": "last_code", "fields": {"code": "last_code"}}
+    if read_id:
+        scan["fields"]["read_id"] = "scan_seq"
+    station = {"messages": {
+        "task": {"point": "task_tote", "fields": {"container": "task_tote"}},
+        "scan": scan,
+        "scale": {"point": "scale_g", "fields": {"weight": "scale_g"}},
+        "close": {"point": "close_seq", "fields": {"seq": "close_seq"}}}}
+    points = [{"name": n, "table": "holding", "address": a}
+              for a, n in enumerate(["task_tote", "last_code", "scan_seq", "scale_g",
+                                     "close_seq"])]
+    doc = {"site": {"id": SITE}, "store": {"path": "b.db"},
+           "devices": [{"id": "bench-plc", "driver": "modbus", "role": "pack_station",
+                        "host": "127.0.0.1", "points": points, "station": station}]}
+    if read_id:
+        parse_config(doc, tmp_path / "site.toml")
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, tmp_path / "site.toml")
+    assert any(p.startswith("devices[0].station.messages.scan.fields.read_id: required on a "
+                            "polled bench") for p in err.value.problems), err.value.problems

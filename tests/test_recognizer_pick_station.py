@@ -136,6 +136,10 @@ def test_the_oldest_tasks_are_forgotten_past_max_open() -> None:
         rec.feed(_task(f"T-{n}"))
     assert rec.open_tasks() == 2 and rec.figures()["station"]["forgotten_tasks"] == 1
     assert isinstance(rec.feed(_confirm("T-0"))[0], IngestDeadLetter)
+    # Tasks booked from their own confirms are bounded the same way.
+    for n in range(5, 9):
+        rec.feed(_confirm(f"T-{n}", qty=1, qty_requested=1, sku="SKU-7", container="TOTE-9"))
+    assert rec.open_tasks() == 2
 
 
 @pytest.mark.parametrize(("signal", "reason"), [

@@ -33,13 +33,22 @@ def _cfg(tmp_path: Path, extra_sinks: tuple[dict[str, Any], ...] = (), **changes
 def test_live_and_restart_keys(tmp_path: Path) -> None:
     old = _cfg(tmp_path)
     new = _cfg(tmp_path, log__level="debug", wms__headers={"X-Site": "1"},
-               wms__backoff_max="5s", wms__timeout="3s", out__prefix="x",
+               wms__backoff_max="5s", out__prefix="x",
                status__port=9999, store__max_bytes="1 GiB")
     applied, restart = plan(old, new)
     assert sorted(applied) == ["log.level", "sinks[wms].backoff_max",
                                "sinks[wms].headers.X-Site"]
-    assert sorted(restart) == ["sinks[out].prefix", "sinks[wms].timeout", "status.port",
-                               "store.max_bytes"]
+    assert sorted(restart) == ["sinks[out].prefix", "status.port", "store.max_bytes"]
+
+
+def test_a_sink_waiting_for_a_restart_keeps_its_whole_old_table(tmp_path: Path) -> None:
+    """A new header (or token file) must not go to the old URL until the restart."""
+    old = _cfg(tmp_path)
+    new = _cfg(tmp_path, log__level="debug", wms__headers={"X-Site": "1"},
+               wms__url="http://127.0.0.1:9/v2")
+    applied, restart = plan(old, new)
+    assert applied == ["log.level"]
+    assert sorted(restart) == ["sinks[wms].headers.X-Site", "sinks[wms].url"]
 
 
 def test_an_added_sink_needs_a_restart(tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def station_problems(dev: Any, where: str) -> list[str]:
             return [f"{where}.station: only for role 'pick_station' or 'pack_station'"]
         return []
     try:
-        resolve_station(role, dev.station)
+        cfg = resolve_station(role, dev.station)
     except ValidationError as err:
         out = []
         for e in err.errors(include_url=False):
@@ -215,5 +215,11 @@ def station_problems(dev: Any, where: str) -> list[str]:
         return out
     except ValueError as err:
         return [f"{where}.{err}"]
+    scan = cfg.messages.get("scan")
+    if getattr(dev, "driver", None) == "modbus" and scan is not None \
+            and "read_id" not in scan.fields:
+        # A polled read has no payload to digest: only its read counter tells two apart.
+        return [f"{where}.station.messages.scan.fields.read_id: required on a polled bench "
+                "(the scanner's read counter point), or every scan would get one event id"]
     return []
 

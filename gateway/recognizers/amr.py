@@ -148,7 +148,7 @@ class AmrRecognizer:
             fresh = Vehicle()
             try:
                 read_note(fresh, value, self.load_parameter, self.station_parameter)
-            except (ValueError, KeyError, TypeError) as err:
+            except Exception as err:  # any unreadable note: never a failed start
                 problems.append(f"{key!r}: {err!r}")
                 continue
             v = self._vehicle(manufacturer, serial)

@@ -82,7 +82,7 @@ def note_of(v: Vehicle) -> bytes:
 
 
 def read_note(v: Vehicle, value: bytes, load_parameter: str, station_parameter: str) -> None:
-    """Fill ``v`` from its note; raises ``ValueError``/``KeyError``/``TypeError`` if unreadable."""
+    """Fill ``v`` from its note; raises (``ValueError``, ``AttributeError``...) if unreadable."""
     doc = json.loads(value)
     v.order_id = str(doc["order_id"])
     for k in doc["reported"]:

@@ -92,15 +92,19 @@ class PickStationRecognizer(StationBase):
                      order=as_text(f.get("order", MISSING), "order"),
                      line=_plain(f.get("line", MISSING)))
 
-    def _task(self, f: Any) -> list[Record]:
-        task_id = as_text(f["task_id"], "task_id")
-        assert task_id is not None
+    def _keep(self, task_id: str, task: _Task) -> None:
+        """Remember ``task`` (the newest), forgetting the oldest beyond ``max_open``."""
         tasks = self._tasks
-        tasks[task_id] = self._task_of(f)
+        tasks[task_id] = task
         tasks.move_to_end(task_id)
         while len(tasks) > self.config.max_open:
             tasks.popitem(last=False)
             self.forgotten_tasks += 1
+
+    def _task(self, f: Any) -> list[Record]:
+        task_id = as_text(f["task_id"], "task_id")
+        assert task_id is not None
+        self._keep(task_id, self._task_of(f))
         orphan = self._orphans.pop(task_id, None)
         if orphan is None:
             return []
@@ -113,7 +117,7 @@ class PickStationRecognizer(StationBase):
         if task is None and f.get("sku", MISSING) not in (MISSING, None):
             # The confirm names its task (the station's own record): book it from itself.
             task = self._task_of({**f, "qty": f.get("qty_requested", MISSING)})
-            self._tasks[task_id or ""] = task
+            self._keep(task_id or "", task)
             self.booked_from_confirm += 1
         if task is None:
             self.unknown_confirms += 1
