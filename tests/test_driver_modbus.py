@@ -162,6 +162,13 @@ async def test_timeouts_and_restarts_reconnect_with_nothing_lost(
         sim.freeze()
         await wait_until(lambda: figure(drv, "tracking_seq") == plc.tracking_seq, 10,
                          "the last move read")
+
+        async def all_stored() -> bool:
+            # Read is not yet committed: wait for the store to hold the last move too.
+            moves = [e for e in await harness.events() if e["type"] == "move"]
+            return len(moves) >= len(plc.moves)
+
+        await wait_until(all_stored, 10, "every move committed")
     down = logged(logs, "device_unavailable")
     assert len(down) == 2, down  # once per outage, not once per failed attempt
     assert down[0]["error"].startswith("no answer within 0.5s reading ")
